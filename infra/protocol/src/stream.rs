@@ -18,6 +18,9 @@ pub struct StreamChunk<T = EngineOutput> {
 pub enum ChunkBody<T> {
     Payload(T),
     Error(ErrorInfo),
+    /// Sent about once a second while a request is open, so that a silent stream
+    /// (queued, or a long prefill) is told apart from a dead worker.
+    Heartbeat,
     End,
 }
 
