@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Frontend throughput over NATS: real etcd + NATS, one frontend and two mocker worker
+# processes at a high speed-up, driven by `ferrite bench`. Reports requests/s, streamed
+# tokens/s, and the frontend's CPU time per request and per streamed token (from
+# /proc/<pid>/stat, user + system).
+#   usage: infra/deploy/bench-frontend.sh [CONCURRENCY] [REQUESTS] [ISL] [OSL] [SPEEDUP]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+CONC=${1:-64}; REQS=${2:-2000}; ISL=${3:-128}; OSL=${4:-64}; SPEEDUP=${5:-1000}
+BIN=${FERRITE_BIN:-target/release/ferrite}
+[ -x "$BIN" ] || cargo build --release -p ferrite
+STATE=$(mktemp -d)
+export FERRITE_DEPLOY_STATE="$STATE"
+eval "$(infra/deploy/cluster.sh start)"
+pids=()
+cleanup() { kill "${pids[@]}" 2>/dev/null || true; infra/deploy/cluster.sh stop >/dev/null 2>&1 || true; rm -rf "$STATE"; }
+trap cleanup EXIT
+for i in 1 2; do
+  "$BIN" worker --engine mocker --speedup "$SPEEDUP" > "$STATE/worker$i.log" 2>&1 & pids+=($!)
+done
+PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+"$BIN" frontend --port "$PORT" > "$STATE/frontend.log" 2>&1 & FPID=$!; pids+=($FPID)
+for _ in $(seq 100); do curl -sf "http://127.0.0.1:$PORT/health" >/dev/null && break; sleep 0.1; done
+# warm-up
+"$BIN" bench --url "http://127.0.0.1:$PORT" --model stories260k --concurrency 8 --requests 64 --isl "$ISL" --osl "$OSL" >/dev/null
+ticks() { awk '{print $14+$15}' "/proc/$FPID/stat"; }
+HZ=$(getconf CLK_TCK)
+T0=$(ticks)
+"$BIN" bench --url "http://127.0.0.1:$PORT" --model stories260k --concurrency "$CONC" --requests "$REQS" \
+  --isl "$ISL" --osl "$OSL" --json "$STATE/bench.json" >/dev/null
+T1=$(ticks)
+python3 - "$STATE/bench.json" "$T0" "$T1" "$HZ" <<'PY'
+import json, sys
+b = json.load(open(sys.argv[1])); t0, t1, hz = map(float, sys.argv[2:5])
+cpu = (t1 - t0) / hz
+print(json.dumps({
+  "requests_per_s": round(b["requests_per_s"], 1),
+  "streamed_tokens_per_s": round(b["output_tokens_per_s"], 1),
+  "ttft_ms_p50": round(b["ttft_ms_p50"], 2), "ttft_ms_p99": round(b["ttft_ms_p99"], 2),
+  "frontend_cpu_s": round(cpu, 2),
+  "frontend_cpu_ms_per_request": round(1e3 * cpu / max(b["requests_ok"], 1), 3),
+  "frontend_cpu_us_per_token": round(1e6 * cpu / max(b["output_tokens"], 1), 1),
+  "requests": b["requests_ok"], "errors": b["errors"], "concurrency": b["concurrency"],
+  "isl": b["isl"], "osl": b["osl"]}, indent=2))
+PY

@@ -1,0 +1,143 @@
+//! Command-line flags (ARCHITECTURE.md §8). Every flag also reads `FERRITE_<FLAG>`.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(name = "ferrite", version, about = "Ferrite: a distributed LLM inference server")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Frontend and workers in one process, with in-memory discovery and bus.
+    Serve(ServeArgs),
+    /// The HTTP frontend of a cluster (etcd + NATS).
+    Frontend(FrontendArgs),
+    /// One or more workers of a cluster (etcd + NATS).
+    Worker(WorkerArgs),
+    /// Load generator against an OpenAI-compatible server.
+    Bench(crate::bench::BenchArgs),
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EngineKind {
+    /// The best engine available for the model on this machine.
+    Auto,
+    Cpu,
+    Cuda,
+    /// A simulated engine (timing model, deterministic tokens): no real inference.
+    Mocker,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Agg,
+    Prefill,
+    Decode,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// Model folder (HF) or GGUF file; default: the bundled stories260k.
+    #[arg(long, env = "FERRITE_MODEL")]
+    pub model: Option<PathBuf>,
+    /// Name clients use in `model`; default: the folder's or file's name.
+    #[arg(long, env = "FERRITE_SERVED_MODEL_NAME")]
+    pub served_model_name: Option<String>,
+    #[arg(long, value_enum, default_value = "auto", env = "FERRITE_ENGINE")]
+    pub engine: EngineKind,
+    /// Workers (engines) in this process.
+    #[arg(long, default_value_t = 1, env = "FERRITE_NUM_WORKERS")]
+    pub num_workers: usize,
+    /// Mocker only: divide simulated time by this.
+    #[arg(long, default_value_t = 1.0, env = "FERRITE_SPEEDUP")]
+    pub speedup: f64,
+    /// KV cache blocks per worker (default: the engine's own choice).
+    #[arg(long, env = "FERRITE_KV_BLOCKS")]
+    pub kv_blocks: Option<u32>,
+    /// Tokens per KV block.
+    #[arg(long, default_value_t = 16, env = "FERRITE_KV_BLOCK_SIZE")]
+    pub kv_block_size: u32,
+    /// Per-step token budget of the scheduler.
+    #[arg(long, default_value_t = 2048, env = "FERRITE_MAX_BATCHED_TOKENS")]
+    pub max_batched_tokens: usize,
+    /// Most sequences batched in one step.
+    #[arg(long, default_value_t = 256, env = "FERRITE_MAX_NUM_SEQS")]
+    pub max_num_seqs: usize,
+    /// Host-memory KV cache tier in GiB (not yet implemented: must be 0).
+    #[arg(long, default_value_t = 0.0, env = "FERRITE_KV_HOST_CACHE_GB")]
+    pub kv_host_cache_gb: f64,
+    /// Disk KV cache tier in GiB (not yet implemented: must be 0).
+    #[arg(long, default_value_t = 0.0, env = "FERRITE_KV_DISK_CACHE_GB")]
+    pub kv_disk_cache_gb: f64,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct HttpArgs {
+    #[arg(long, default_value = "127.0.0.1", env = "FERRITE_HOST")]
+    pub host: String,
+    /// 0 picks a free port (printed at start).
+    #[arg(long, default_value_t = 8000, env = "FERRITE_PORT")]
+    pub port: u16,
+    /// round-robin, random or least-loaded.
+    #[arg(long, default_value = "round-robin", env = "FERRITE_ROUTER")]
+    pub router: String,
+    #[arg(long, default_value_t = 3, env = "FERRITE_MIGRATION_LIMIT")]
+    pub migration_limit: u32,
+    /// Seconds a request may take in all.
+    #[arg(long, default_value_t = 600, env = "FERRITE_REQUEST_TIMEOUT")]
+    pub request_timeout: u64,
+    /// HTTP worker threads.
+    #[arg(long, default_value_t = 2, env = "FERRITE_HTTP_WORKERS")]
+    pub http_workers: usize,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ClusterArgs {
+    /// etcd endpoints, comma separated (http://127.0.0.1:2379).
+    #[arg(long, env = "FERRITE_ETCD")]
+    pub etcd: String,
+    /// NATS server URL (nats://127.0.0.1:4222).
+    #[arg(long, env = "FERRITE_NATS")]
+    pub nats: String,
+    #[arg(long, default_value = "ferrite", env = "FERRITE_NAMESPACE")]
+    pub namespace: String,
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub http: HttpArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct FrontendArgs {
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    #[command(flatten)]
+    pub http: HttpArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct WorkerArgs {
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[arg(long, value_enum, default_value = "agg", env = "FERRITE_ROLE")]
+    pub role: Role,
+    /// Attention data-parallel ranks (1 for now).
+    #[arg(long, default_value_t = 1, env = "FERRITE_DP_SIZE")]
+    pub dp_size: u32,
+    /// Serve Prometheus metrics on this port (0: none).
+    #[arg(long, default_value_t = 0, env = "FERRITE_METRICS_PORT")]
+    pub metrics_port: u16,
+    /// Seconds to let running requests finish after SIGTERM.
+    #[arg(long, default_value_t = 30, env = "FERRITE_DRAIN_TIMEOUT")]
+    pub drain_timeout: u64,
+}

@@ -1,0 +1,187 @@
+//! Runs one choice on the cluster: route, stream from the worker, migrate to another
+//! instance when the worker is lost, cancel the worker's sequence when the client goes.
+
+use crate::state::AppState;
+use async_stream::stream;
+use ferrite_protocol::{
+    ControlMessage, EngineOutput, ErrorInfo, ErrorKind, InstanceId, PreprocessedRequest,
+    RequestId,
+};
+use ferrite_runtime::{RuntimeError, StreamError, StreamOptions, request_stream};
+use ferrite_telemetry::names;
+use futures::{Stream, StreamExt};
+use std::sync::Arc;
+use tokio::sync::mpsc::UnboundedSender;
+use tokio_util::sync::CancellationToken;
+
+/// A cancellation to publish on an instance's control subject.
+#[derive(Debug, Clone)]
+pub struct CancelOrder {
+    pub control_subject: String,
+    pub request_id: RequestId,
+}
+
+/// Sends `Cancel` to the worker serving a request unless the request finished first.
+/// Held by the response stream: when the client disconnects, actix drops the stream and
+/// with it this guard.
+pub struct CancelGuard {
+    tx: UnboundedSender<CancelOrder>,
+    target: Option<CancelOrder>,
+}
+
+impl CancelGuard {
+    pub fn new(tx: UnboundedSender<CancelOrder>) -> Self {
+        Self { tx, target: None }
+    }
+
+    fn serving(&mut self, control_subject: String, request_id: RequestId) {
+        self.target = Some(CancelOrder {
+            control_subject,
+            request_id,
+        });
+    }
+
+    /// The worker finished the request (or never got it): nothing to cancel.
+    pub fn disarm(&mut self) {
+        self.target = None;
+    }
+
+    /// Cancel now (a stop string ended the choice early).
+    pub fn fire(&mut self) {
+        if let Some(order) = self.target.take() {
+            let _ = self.tx.send(order);
+        }
+    }
+}
+
+impl Drop for CancelGuard {
+    fn drop(&mut self) {
+        self.fire();
+    }
+}
+
+/// Publishes cancel orders; one task per frontend.
+pub async fn run_canceller(
+    bus: Arc<dyn ferrite_runtime::Bus>,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<CancelOrder>,
+) {
+    while let Some(order) = rx.recv().await {
+        let msg = ControlMessage::Cancel {
+            request_id: order.request_id,
+        };
+        metrics::counter!(names::FRONTEND_CLIENT_DISCONNECTS_TOTAL).increment(1);
+        match ferrite_protocol::codec::encode(&msg) {
+            Ok(bytes) => {
+                if let Err(e) = bus.publish(&order.control_subject, bytes.into()).await {
+                    tracing::warn!(request_id = %order.request_id, "cancel not sent: {e}");
+                }
+            }
+            Err(e) => tracing::error!("encode cancel: {e}"),
+        }
+    }
+}
+
+/// Items of a choice's stream.
+pub type ChoiceItem = Result<EngineOutput, ErrorInfo>;
+
+/// The engine outputs of one choice, across migrations. The stream ends after an output
+/// with a `finish_reason` or after one error. Dropping it cancels the request.
+pub fn run_choice(
+    state: Arc<AppState>,
+    mut req: PreprocessedRequest,
+    guard: CancelGuard,
+    stop: CancellationToken,
+) -> impl Stream<Item = ChoiceItem> {
+    stream! {
+        let mut guard = guard;
+        let mut exclude: Vec<InstanceId> = Vec::new();
+        let mut migrations = 0u32;
+        loop {
+            let routed = state.route(&req, &exclude).await;
+            let (instance, rank, record) = match routed {
+                Ok(r) => r,
+                Err(e) => {
+                    yield Err(e);
+                    return;
+                }
+            };
+            req.dp_rank = rank;
+            let opts = StreamOptions {
+                idle_timeout: state.config.stream_idle_timeout,
+                ..StreamOptions::default()
+            };
+            let mut s = match request_stream::<_, EngineOutput>(&state.bus, &record.subject, &req, opts).await {
+                Ok(s) => s,
+                Err(RuntimeError::NoResponders) | Err(RuntimeError::Timeout) => {
+                    // The instance is gone but discovery has not said so yet.
+                    exclude.push(instance);
+                    continue;
+                }
+                Err(e) => {
+                    yield Err(ErrorInfo::new(ErrorKind::Internal, format!("sending to worker {instance}: {e}")));
+                    return;
+                }
+            };
+            guard.serving(record.control_subject.clone(), req.request_id);
+            let mut lost = false;
+            loop {
+                let item = tokio::select! {
+                    item = s.next() => item,
+                    _ = stop.cancelled() => {
+                        // A stop string ended this choice: stop the worker too.
+                        guard.fire();
+                        return;
+                    }
+                };
+                let Some(item) = item else { break };
+                match item {
+                    Ok(out) => {
+                        let finished = out.finish_reason.is_some();
+                        req.generated_so_far += out.token_ids.len() as u32;
+                        req.token_ids.extend_from_slice(&out.token_ids);
+                        if finished {
+                            guard.disarm();
+                        }
+                        yield Ok(out);
+                        if finished {
+                            return;
+                        }
+                    }
+                    Err(StreamError::Remote(info)) => {
+                        guard.disarm();
+                        yield Err(info);
+                        return;
+                    }
+                    Err(StreamError::Lost) => {
+                        lost = true;
+                        break;
+                    }
+                    Err(StreamError::Decode(e)) => {
+                        yield Err(ErrorInfo::new(ErrorKind::Internal, format!("bad stream from worker {instance}: {e}")));
+                        return;
+                    }
+                }
+            }
+            guard.disarm();
+            if !lost {
+                // The stream ended without a finished output: a worker bug, not a loss.
+                yield Err(ErrorInfo::new(ErrorKind::Internal, format!("worker {instance} ended the stream early")));
+                return;
+            }
+            migrations += 1;
+            if migrations > state.config.migration_limit {
+                yield Err(ErrorInfo::new(
+                    ErrorKind::WorkerLost,
+                    format!("worker {instance} was lost and the migration limit ({}) is reached", state.config.migration_limit),
+                ));
+                return;
+            }
+            tracing::warn!(request_id = %req.request_id, %instance, generated = req.generated_so_far, "worker lost mid-stream; migrating");
+            metrics::counter!(names::WORKER_MIGRATIONS_TOTAL).increment(1);
+            exclude.push(instance);
+            if req.generated_so_far >= req.stop.max_tokens {
+                return;
+            }
+        }
+    }
+}

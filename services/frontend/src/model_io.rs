@@ -1,0 +1,91 @@
+//! The frontend's view of a served model: tokenizer, chat template, detokenizer, limits.
+//! The only file that talks to `ferrite-model`.
+
+use crate::error::{ApiError, ApiResult};
+use ferrite_model::{IncrementalDetokenizer, ModelCard};
+use ferrite_protocol::openai::ChatMessage;
+use ferrite_protocol::{ErrorKind, ModelRecord, TokenId};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+/// A model the frontend serves, loaded from the path a worker registered.
+pub struct ServedModel {
+    pub name: String,
+    pub context_length: u32,
+    pub vocab_size: u32,
+    pub eos_ids: Vec<TokenId>,
+    pub simulated: bool,
+    card: Arc<ModelCard>,
+}
+
+impl ServedModel {
+    /// Loads the tokenizer and chat template a worker's model record points at.
+    pub fn load(record: &ModelRecord) -> Result<Self, String> {
+        let card = ModelCard::load(Path::new(&record.model_path)).map_err(|e| e.to_string())?;
+        Ok(Self {
+            name: record.name.clone(),
+            context_length: record.context_length,
+            vocab_size: card.tokenizer.vocab_size() as u32,
+            eos_ids: card.eos_token_ids.clone(),
+            simulated: record.simulated,
+            card: Arc::new(card),
+        })
+    }
+
+    pub fn encode(&self, text: &str, add_special_tokens: bool) -> ApiResult<Vec<TokenId>> {
+        self.card
+            .tokenizer
+            .encode(text, add_special_tokens)
+            .map_err(|e| ApiError::new(ErrorKind::InvalidRequest, format!("tokenizing: {e}")))
+    }
+
+    pub fn decode(&self, ids: &[TokenId]) -> String {
+        self.card.tokenizer.decode(ids, false).unwrap_or_default()
+    }
+
+    /// The text of one token as OpenAI's logprobs show it.
+    pub fn token_text(&self, id: TokenId) -> String {
+        self.card.tokenizer.decode(&[id], false).unwrap_or_default()
+    }
+
+    pub fn render_chat(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+        kwargs: Option<&BTreeMap<String, Value>>,
+    ) -> ApiResult<String> {
+        let msgs: Vec<Value> = messages
+            .iter()
+            .map(|m| {
+                serde_json::json!({
+                    "role": m.role,
+                    "content": m.content.as_ref().map(|c| c.text()).unwrap_or_default(),
+                })
+            })
+            .collect();
+        self.card
+            .render_chat(&msgs, add_generation_prompt, kwargs)
+            .map_err(|e| ApiError::invalid("messages", format!("chat template: {e}")))
+    }
+
+    pub fn detokenizer(&self, prompt: &[TokenId]) -> Detok {
+        Detok(IncrementalDetokenizer::new(self.card.clone(), prompt))
+    }
+}
+
+/// Incremental detokenizer of one choice.
+pub struct Detok(IncrementalDetokenizer);
+
+impl Detok {
+    /// New text after `token` (empty while a multi-byte character is incomplete).
+    pub fn push(&mut self, token: TokenId) -> String {
+        self.0.step(token)
+    }
+
+    /// Whatever is still held back at the end of the sequence.
+    pub fn finish(&mut self) -> String {
+        self.0.flush()
+    }
+}

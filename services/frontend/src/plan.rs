@@ -1,0 +1,235 @@
+//! Turns a chat or completions request into a `Plan`: the tokenized prompts, the
+//! per-choice `PreprocessedRequest`s, and what the response must look like.
+
+use crate::error::{ApiError, ApiResult};
+use crate::model_io::ServedModel;
+use crate::validate;
+use ferrite_protocol::openai::{
+    ChatCompletionRequest, CommonParams, CompletionRequest, ContentPart, MessageContent,
+    PromptField,
+};
+use ferrite_protocol::{
+    DpRank, PreprocessedRequest, RequestId, SamplingParams, StopConditions, TokenId,
+};
+use std::sync::Arc;
+
+/// Default `max_tokens` of the legacy completions endpoint (OpenAI's).
+pub const COMPLETIONS_DEFAULT_MAX_TOKENS: u32 = 16;
+
+/// Which logprobs shape the response uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    Chat,
+    Completions,
+}
+
+impl Endpoint {
+    pub fn label(self) -> &'static str {
+        match self {
+            Endpoint::Chat => "chat_completions",
+            Endpoint::Completions => "completions",
+        }
+    }
+}
+
+/// One choice to generate: its index in the response and the request sent to a worker.
+#[derive(Clone, Debug)]
+pub struct ChoicePlan {
+    pub index: u32,
+    pub prompt_index: usize,
+    pub request: PreprocessedRequest,
+}
+
+/// Everything needed to run a request and shape its response.
+pub struct Plan {
+    pub endpoint: Endpoint,
+    pub model: Arc<ServedModel>,
+    pub prompts: Vec<Vec<TokenId>>,
+    /// Prompt texts, for `echo`.
+    pub prompt_texts: Vec<String>,
+    pub choices: Vec<ChoicePlan>,
+    pub stream: bool,
+    pub include_usage: bool,
+    pub stop_strings: Vec<String>,
+    pub include_stop_str: bool,
+    pub return_token_ids: bool,
+    pub echo: bool,
+}
+
+impl Plan {
+    pub fn prompt_tokens(&self) -> u32 {
+        self.prompts.iter().map(|p| p.len() as u32).sum()
+    }
+}
+
+struct Shared<'a> {
+    common: &'a CommonParams,
+    sampling: SamplingParams,
+    requested_max: Option<u32>,
+    default_max: u32,
+}
+
+fn choices_for(
+    model: &ServedModel,
+    prompts: &[Vec<TokenId>],
+    s: &Shared<'_>,
+) -> ApiResult<Vec<ChoicePlan>> {
+    let n = s.common.n.unwrap_or(1);
+    let mut stop_ids = model.eos_ids.clone();
+    stop_ids.extend(s.common.stop_token_ids.iter().flatten().copied());
+    validate::token_ids("stop_token_ids", &stop_ids, model.vocab_size)?;
+    let mut out = Vec::new();
+    for (pi, prompt) in prompts.iter().enumerate() {
+        if prompt.is_empty() {
+            return Err(ApiError::invalid("prompt", "the prompt is empty"));
+        }
+        let max = validate::max_tokens(
+            s.requested_max,
+            s.default_max,
+            prompt.len(),
+            model.context_length,
+        )?;
+        for j in 0..n {
+            let mut sampling = s.sampling.clone();
+            // Each choice draws differently but reproducibly under one seed.
+            sampling.seed = sampling.seed.map(|seed| seed.wrapping_add(j as u64));
+            out.push(ChoicePlan {
+                index: pi as u32 * n + j,
+                prompt_index: pi,
+                request: PreprocessedRequest {
+                    request_id: RequestId::new(),
+                    model: model.name.clone(),
+                    token_ids: prompt.clone(),
+                    generated_so_far: 0,
+                    sampling,
+                    stop: StopConditions {
+                        max_tokens: max,
+                        min_tokens: s.common.min_tokens.unwrap_or(0).min(max),
+                        stop_token_ids: stop_ids.clone(),
+                        ignore_eos: s.common.ignore_eos,
+                    },
+                    dp_rank: DpRank(0),
+                    extra_hash_key: 0,
+                },
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Plans a `/v1/chat/completions` request.
+pub fn chat(req: &ChatCompletionRequest, model: Arc<ServedModel>) -> ApiResult<Plan> {
+    validate::no_unknown_fields(&req.unknown)?;
+    validate::unsupported("tools", req.tools.as_ref().is_some_and(|t| !t.is_null()), "tool calling is not implemented yet")?;
+    validate::unsupported(
+        "tool_choice",
+        req.tool_choice.as_ref().is_some_and(|t| !t.is_null() && t != "none"),
+        "tool calling is not implemented yet",
+    )?;
+    let fmt_ok = req
+        .response_format
+        .as_ref()
+        .is_none_or(|f| f.is_null() || f.get("type").and_then(|t| t.as_str()) == Some("text"));
+    validate::unsupported("response_format", !fmt_ok, "only {\"type\": \"text\"} is supported")?;
+    if req.messages.is_empty() {
+        return Err(ApiError::invalid("messages", "`messages` must not be empty"));
+    }
+    for (i, m) in req.messages.iter().enumerate() {
+        if !matches!(m.role.as_str(), "system" | "user" | "assistant" | "tool" | "developer") {
+            return Err(ApiError::invalid(
+                format!("messages[{i}].role"),
+                format!("unknown role {:?}", m.role),
+            ));
+        }
+        if let Some(MessageContent::Parts(parts)) = &m.content
+            && parts.iter().any(|p| matches!(p, ContentPart::ImageUrl { .. }))
+        {
+            return Err(ApiError::invalid(
+                format!("messages[{i}].content"),
+                format!("model {} does not accept image input", model.name),
+            ));
+        }
+    }
+    if req.top_logprobs.is_some() && !req.logprobs {
+        return Err(ApiError::invalid("top_logprobs", "`top_logprobs` requires `logprobs: true`"));
+    }
+    let logprobs = req.logprobs.then(|| req.top_logprobs.unwrap_or(0));
+    let sampling = validate::sampling(&req.common, logprobs, model.vocab_size)?;
+    let stop_strings = validate::stop_strings(&req.common)?;
+    let text = model.render_chat(&req.messages, req.add_generation_prompt, req.chat_template_kwargs.as_ref())?;
+    let prompt = model.encode(&text, false)?;
+    let shared = Shared {
+        common: &req.common,
+        sampling,
+        requested_max: req.max_completion_tokens.or(req.max_tokens),
+        default_max: model.context_length,
+    };
+    let prompts = vec![prompt];
+    let choices = choices_for(&model, &prompts, &shared)?;
+    Ok(Plan {
+        endpoint: Endpoint::Chat,
+        prompts,
+        prompt_texts: vec![text],
+        choices,
+        stream: req.common.stream,
+        include_usage: req.common.stream_options.as_ref().is_some_and(|o| o.include_usage),
+        stop_strings,
+        include_stop_str: req.common.include_stop_str_in_output,
+        return_token_ids: req.common.return_token_ids,
+        echo: false,
+        model,
+    })
+}
+
+/// Plans a `/v1/completions` request.
+pub fn completion(req: &CompletionRequest, model: Arc<ServedModel>) -> ApiResult<Plan> {
+    validate::no_unknown_fields(&req.unknown)?;
+    validate::unsupported("suffix", req.suffix.as_ref().is_some_and(|s| !s.is_empty()), "insertion is not implemented")?;
+    let n = req.common.n.unwrap_or(1);
+    validate::unsupported("best_of", req.best_of.is_some_and(|b| b != n), "`best_of` must equal `n`")?;
+    let sampling = validate::sampling(&req.common, req.logprobs, model.vocab_size)?;
+    let stop_strings = validate::stop_strings(&req.common)?;
+    let (prompts, prompt_texts) = match &req.prompt {
+        PromptField::Text(t) => (vec![model.encode(t, true)?], vec![t.clone()]),
+        PromptField::Texts(ts) => {
+            let mut ps = Vec::with_capacity(ts.len());
+            for t in ts {
+                ps.push(model.encode(t, true)?);
+            }
+            (ps, ts.clone())
+        }
+        PromptField::Tokens(ids) => (vec![ids.clone()], vec![model.decode(ids)]),
+        PromptField::TokenLists(lists) => {
+            (lists.clone(), lists.iter().map(|l| model.decode(l)).collect())
+        }
+    };
+    if prompts.is_empty() {
+        return Err(ApiError::invalid("prompt", "`prompt` must not be empty"));
+    }
+    for p in &prompts {
+        validate::token_ids("prompt", p, model.vocab_size)?;
+    }
+    let shared = Shared {
+        common: &req.common,
+        sampling,
+        requested_max: req.max_tokens,
+        default_max: COMPLETIONS_DEFAULT_MAX_TOKENS,
+    };
+    let choices = choices_for(&model, &prompts, &shared)?;
+    if choices.len() > validate::MAX_N as usize {
+        return Err(ApiError::invalid("n", format!("at most {} choices per request (prompts × n)", validate::MAX_N)));
+    }
+    Ok(Plan {
+        endpoint: Endpoint::Completions,
+        prompts,
+        prompt_texts,
+        choices,
+        stream: req.common.stream,
+        include_usage: req.common.stream_options.as_ref().is_some_and(|o| o.include_usage),
+        stop_strings,
+        include_stop_str: req.common.include_stop_str_in_output,
+        return_token_ids: req.common.return_token_ids,
+        echo: req.echo,
+        model,
+    })
+}
