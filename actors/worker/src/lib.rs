@@ -12,7 +12,6 @@ use ferrite_engine::Executor;
 use ferrite_protocol::{InstanceRecord, ModelRecord, names};
 use ferrite_runtime::{Bus, Discovery};
 use ferrite_scheduler::{EngineActor, GetStats, Scheduler, SchedulerActor, SchedulerConfig};
-use parking_lot::Mutex;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -47,18 +46,16 @@ pub async fn start_worker(
 ) -> Result<WorkerHandle> {
     let info = executor.info();
     let ns = cfg.namespace.clone();
-    let slot = Arc::new(Mutex::new(Some(executor)));
-    let engine = SyncArbiter::start(1, move || EngineActor::from_slot(&slot));
+    let engine = EngineActor::start(executor);
     let sched_cfg = SchedulerConfig {
-        block_size: info.kv.block_size as usize,
-        num_blocks: info.kv.num_blocks as usize,
         max_num_seqs: cfg.max_num_seqs,
         max_batched_tokens: cfg.max_batched_tokens,
-        max_model_len: info.max_context as usize,
+        max_prefill_chunk: cfg.max_batched_tokens,
         waiting_queue_limit: cfg.max_waiting,
-        ..SchedulerConfig::default()
+        ..SchedulerConfig::from_executor(&info)
     };
-    let scheduler = SchedulerActor::new(Scheduler::new(sched_cfg), engine.recipient()).start();
+    let scheduler = Scheduler::new(sched_cfg).map_err(|e| WorkerError::Config(e.to_string()))?;
+    let scheduler = SchedulerActor::new(scheduler, engine.recipient()).start();
 
     let subject = names::generate_subject(&ns, &cfg.component, cfg.instance_id);
     let control_subject = names::control_subject(&ns, &cfg.component, cfg.instance_id);

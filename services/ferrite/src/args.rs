@@ -141,3 +141,23 @@ pub struct WorkerArgs {
     #[arg(long, default_value_t = 30, env = "FERRITE_DRAIN_TIMEOUT")]
     pub drain_timeout: u64,
 }
+
+/// A configuration mistake: the process exits with status 2 and this one-line reason.
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+/// Returns `Err(UsageError)` from the enclosing function (exit status 2).
+
+macro_rules! usage {
+    ($($t:tt)*) => {
+        return Err($crate::args::UsageError(format!($($t)*)).into())
+    };
+}

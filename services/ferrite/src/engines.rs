@@ -2,7 +2,7 @@
 
 use crate::args::{EngineKind, ModelArgs};
 use crate::bundled;
-use anyhow::{Context, bail};
+use anyhow::Context;
 use ferrite_engine::{Executor, KvCacheSpec};
 use ferrite_mocker::{MockerConfig, MockerExecutor};
 use std::path::{Path, PathBuf};
@@ -17,7 +17,7 @@ pub fn model_choice(args: &ModelArgs) -> anyhow::Result<ModelChoice> {
     let path = match &args.model {
         Some(p) => {
             if !p.exists() {
-                bail!("--model {}: no such file or folder", p.display());
+                usage!("--model {}: no such file or folder", p.display());
             }
             p.clone()
         }
@@ -38,10 +38,10 @@ pub fn model_choice(args: &ModelArgs) -> anyhow::Result<ModelChoice> {
 pub fn resolve(kind: EngineKind) -> anyhow::Result<EngineKind> {
     match kind {
         EngineKind::Auto | EngineKind::Mocker => Ok(EngineKind::Mocker),
-        EngineKind::Cpu => bail!(
+        EngineKind::Cpu => usage!(
             "--engine cpu: the CPU engine is not wired into workers yet; use --engine mocker"
         ),
-        EngineKind::Cuda => bail!("--engine cuda: the CUDA backend does not exist yet; use --engine mocker"),
+        EngineKind::Cuda => usage!("--engine cuda: the CUDA backend does not exist yet; use --engine mocker"),
     }
 }
 
@@ -50,16 +50,25 @@ fn mocker_tokens(model: &Path) -> anyhow::Result<(u32, std::ops::Range<u32>)> {
     let card = ferrite_model::ModelCard::load(model)
         .with_context(|| format!("loading the tokenizer of {}", model.display()))?;
     let vocab = card.tokenizer.vocab_size() as u32;
-    let start = card.tokenizer.first_plain_token().unwrap_or(0);
+    // Skip special tokens and byte-fallback pieces (`<0x41>`): random bytes would not
+    // decode to valid text.
+    let tok = &card.tokenizer;
+    let plain = |id: u32| {
+        !tok.is_special(id)
+            && tok
+                .token_to_piece(id)
+                .is_some_and(|p| !(p.starts_with("<0x") && p.ends_with('>')))
+    };
+    let start = (0..vocab).rev().take_while(|&id| plain(id)).last().unwrap_or(vocab);
     if start >= vocab {
-        bail!("{}: the tokenizer has no ordinary tokens for the mocker to emit", model.display());
+        usage!("{}: the tokenizer has no ordinary tokens for the mocker to emit", model.display());
     }
     Ok((vocab, start..vocab))
 }
 
 pub fn build(kind: EngineKind, args: &ModelArgs, model: &ModelChoice) -> anyhow::Result<Box<dyn Executor>> {
     if args.kv_host_cache_gb > 0.0 || args.kv_disk_cache_gb > 0.0 {
-        bail!("--kv-host-cache-gb/--kv-disk-cache-gb: KV offload tiers are not implemented yet");
+        usage!("--kv-host-cache-gb/--kv-disk-cache-gb: KV offload tiers are not implemented yet");
     }
     match kind {
         EngineKind::Mocker => {
@@ -76,6 +85,6 @@ pub fn build(kind: EngineKind, args: &ModelArgs, model: &ModelChoice) -> anyhow:
             };
             Ok(Box::new(MockerExecutor::new(cfg)?))
         }
-        other => bail!("engine {other:?} is not available"),
+        other => usage!("engine {other:?} is not available"),
     }
 }

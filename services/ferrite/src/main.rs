@@ -1,6 +1,7 @@
 //! ferrite: the command line. Parses flags and wires the crates; no logic of its own.
 //! Exit codes: 0 success, 2 bad usage or configuration, 1 runtime failure.
 
+#[macro_use]
 mod args;
 mod bench;
 mod bundled;
@@ -24,6 +25,7 @@ fn main() {
     });
     if let Err(e) = result {
         eprintln!("ferrite: error: {e:#}");
-        std::process::exit(1);
+        let code = if e.downcast_ref::<args::UsageError>().is_some() { 2 } else { 1 };
+        std::process::exit(code);
     }
 }

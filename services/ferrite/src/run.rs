@@ -2,7 +2,7 @@
 
 use crate::args::{EngineKind, FrontendArgs, HttpArgs, ModelArgs, Role, ServeArgs, WorkerArgs};
 use crate::engines;
-use anyhow::{Context, bail};
+use anyhow::Context;
 use ferrite_frontend::{Frontend, FrontendConfig};
 use ferrite_protocol::WorkerRole;
 use ferrite_runtime::{Bus, Discovery, EtcdDiscovery, MemBus, MemDiscovery, NatsBus};
@@ -36,7 +36,7 @@ async fn start_workers(
     let kind = engines::resolve(args.engine)?;
     let model = engines::model_choice(args)?;
     if args.num_workers == 0 {
-        bail!("--num-workers must be at least 1");
+        usage!("--num-workers must be at least 1");
     }
     let mut workers = Vec::with_capacity(args.num_workers);
     for _ in 0..args.num_workers {
@@ -123,11 +123,11 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     let role = match args.role {
         Role::Agg => WorkerRole::Agg,
         Role::Prefill | Role::Decode => {
-            bail!("--role prefill/decode: disaggregated serving is not implemented yet; use --role agg")
+            usage!("--role prefill/decode: disaggregated serving is not implemented yet; use --role agg")
         }
     };
     if args.dp_size != 1 {
-        bail!("--dp-size: only 1 is supported for now");
+        usage!("--dp-size: only 1 is supported for now");
     }
     if args.metrics_port != 0 {
         ferrite_telemetry::serve_metrics(([127, 0, 0, 1], args.metrics_port).into())?;

@@ -57,7 +57,7 @@ impl Frontend {
         discovery: Arc<dyn Discovery>,
     ) -> Result<Self> {
         let policy: PolicyKind = config.router.parse().map_err(|e| FrontendError::Config(format!("--router: {e}")))?;
-        let router = RouterActor::new(ferrite_router::make_policy(policy)).start();
+        let router = RouterActor::new(ferrite_router::Router::with_kind(policy)).start();
         let (cancel_tx, cancel_rx) = tokio::sync::mpsc::unbounded_channel();
         let state = Arc::new(AppState::new(config.clone(), bus.clone(), discovery, router, cancel_tx));
         let mut tasks = state::start_watchers(&state).await?;

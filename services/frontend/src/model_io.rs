@@ -2,7 +2,7 @@
 //! The only file that talks to `ferrite-model`.
 
 use crate::error::{ApiError, ApiResult};
-use ferrite_model::{IncrementalDetokenizer, ModelCard};
+use ferrite_model::{Detokenizer, ModelCard};
 use ferrite_protocol::openai::ChatMessage;
 use ferrite_protocol::{ErrorKind, ModelRecord, TokenId};
 use serde_json::Value;
@@ -66,26 +66,41 @@ impl ServedModel {
             })
             .collect();
         self.card
-            .render_chat(&msgs, add_generation_prompt, kwargs)
+            .chat_template
+            .render_with(&msgs, add_generation_prompt, kwargs)
             .map_err(|e| ApiError::invalid("messages", format!("chat template: {e}")))
     }
 
     pub fn detokenizer(&self, prompt: &[TokenId]) -> Detok {
-        Detok(IncrementalDetokenizer::new(self.card.clone(), prompt))
+        Detok {
+            inner: Detokenizer::with_prompt(prompt, true),
+            card: self.card.clone(),
+        }
     }
 }
 
 /// Incremental detokenizer of one choice.
-pub struct Detok(IncrementalDetokenizer);
+pub struct Detok {
+    inner: Detokenizer,
+    card: Arc<ModelCard>,
+}
 
 impl Detok {
     /// New text after `token` (empty while a multi-byte character is incomplete).
     pub fn push(&mut self, token: TokenId) -> String {
-        self.0.step(token)
+        self.inner
+            .step(&self.card.tokenizer, token)
+            .ok()
+            .flatten()
+            .unwrap_or_default()
     }
 
     /// Whatever is still held back at the end of the sequence.
     pub fn finish(&mut self) -> String {
-        self.0.flush()
+        self.inner
+            .flush(&self.card.tokenizer)
+            .ok()
+            .flatten()
+            .unwrap_or_default()
     }
 }

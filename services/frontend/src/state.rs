@@ -81,11 +81,11 @@ impl AppState {
         exclude: &[InstanceId],
     ) -> Result<(InstanceId, DpRank, InstanceRecord), ErrorInfo> {
         let msg = Route {
-            req: RouteRequest::new(req),
+            req: RouteRequest::from_preprocessed(req),
             exclude: exclude.to_vec(),
         };
         match self.router.send(msg).await {
-            Ok(r) => r.map_err(|e| e.into_error_info()),
+            Ok(r) => r.map_err(|e| e.to_error_info()),
             Err(e) => Err(ErrorInfo::new(ErrorKind::Internal, format!("router: {e}"))),
         }
     }
