@@ -10,7 +10,7 @@ CONC=${1:-64}; REQS=${2:-2000}; ISL=${3:-128}; OSL=${4:-64}; SPEEDUP=${5:-1000}
 BIN=${FERRITE_BIN:-target/release/ferrite}
 [ -x "$BIN" ] || cargo build --release -p ferrite
 STATE=$(mktemp -d)
-export FERRITE_DEPLOY_STATE="$STATE"
+export FERRITE_CLUSTER_STATE="$STATE"
 eval "$(infra/deploy/cluster.sh start)"
 pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; infra/deploy/cluster.sh stop >/dev/null 2>&1 || true; rm -rf "$STATE"; }

@@ -29,6 +29,10 @@ pub struct SamplingParams {
     pub logit_bias: BTreeMap<TokenId, f32>,
     /// Return this many top log-probabilities per generated token (None: no logprobs).
     pub logprobs: Option<u32>,
+    /// Names of registered logits processors to apply, in order, after penalties and
+    /// before temperature (see `ferrite_engine::logits`); unknown names are a 400.
+    #[serde(default)]
+    pub logits_processors: Vec<String>,
 }
 
 impl Default for SamplingParams {
@@ -44,6 +48,7 @@ impl Default for SamplingParams {
             presence_penalty: 0.0,
             logit_bias: BTreeMap::new(),
             logprobs: None,
+            logits_processors: Vec::new(),
         }
     }
 }
@@ -59,6 +64,7 @@ impl SamplingParams {
         self.repetition_penalty != 1.0
             || self.frequency_penalty != 0.0
             || self.presence_penalty != 0.0
+            || !self.logits_processors.is_empty()
     }
 }
 
