@@ -4,7 +4,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
-#[command(name = "ferrite", version, about = "Ferrite: a distributed LLM inference server")]
+#[command(
+    name = "ferrite",
+    version,
+    about = "Ferrite: a distributed LLM inference server"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -155,7 +159,6 @@ impl std::fmt::Display for UsageError {
 impl std::error::Error for UsageError {}
 
 /// Returns `Err(UsageError)` from the enclosing function (exit status 2).
-
 macro_rules! usage {
     ($($t:tt)*) => {
         return Err($crate::args::UsageError(format!($($t)*)).into())

@@ -21,7 +21,12 @@ pub struct BenchArgs {
     pub url: String,
     #[arg(long, env = "FERRITE_MODEL_NAME")]
     pub model: String,
-    #[arg(long, value_enum, default_value = "synthetic", env = "FERRITE_WORKLOAD")]
+    #[arg(
+        long,
+        value_enum,
+        default_value = "synthetic",
+        env = "FERRITE_WORKLOAD"
+    )]
     pub workload: Workload,
     /// Requests in flight at once.
     #[arg(long, default_value_t = 16, env = "FERRITE_CONCURRENCY")]
@@ -69,7 +74,9 @@ async fn one(client: &reqwest::Client, url: &str, body: serde_json::Value) -> an
         while let Some(pos) = buf.windows(2).position(|w| w == b"\n\n") {
             let event: Vec<u8> = buf.drain(..pos + 2).collect();
             let line = String::from_utf8_lossy(&event);
-            let Some(data) = line.trim().strip_prefix("data: ") else { continue };
+            let Some(data) = line.trim().strip_prefix("data: ") else {
+                continue;
+            };
             if data == "[DONE]" {
                 continue;
             }
@@ -99,8 +106,11 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
 }
 
 pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
-    if a.concurrency == 0 || a.requests == 0 || a.isl == 0 || a.osl == 0 || a.vocab_lo >= a.vocab_hi {
-        bail!("--concurrency, --requests, --isl and --osl must be positive and --vocab-lo < --vocab-hi");
+    if a.concurrency == 0 || a.requests == 0 || a.isl == 0 || a.osl == 0 || a.vocab_lo >= a.vocab_hi
+    {
+        bail!(
+            "--concurrency, --requests, --isl and --osl must be positive and --vocab-lo < --vocab-hi"
+        );
     }
     let url = format!("{}/v1/completions", a.url.trim_end_matches('/'));
     let client = reqwest::Client::builder().build().context("http client")?;
@@ -109,7 +119,14 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
     let mut tasks = Vec::new();
     for _ in 0..a.concurrency.min(a.requests) {
         let (client, url, next) = (client.clone(), url.clone(), next.clone());
-        let (n, isl, osl, lo, hi, model) = (a.requests, a.isl, a.osl, a.vocab_lo, a.vocab_hi, a.model.clone());
+        let (n, isl, osl, lo, hi, model) = (
+            a.requests,
+            a.isl,
+            a.osl,
+            a.vocab_lo,
+            a.vocab_hi,
+            a.model.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             let mut results = Vec::new();
             while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < n {
@@ -156,7 +173,8 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
     });
     println!("{}", serde_json::to_string_pretty(&report)?);
     if let Some(p) = a.json {
-        std::fs::write(&p, serde_json::to_vec_pretty(&report)?).with_context(|| format!("writing {}", p.display()))?;
+        std::fs::write(&p, serde_json::to_vec_pretty(&report)?)
+            .with_context(|| format!("writing {}", p.display()))?;
     }
     if errors > 0 {
         bail!("{errors} requests failed");

@@ -41,7 +41,9 @@ pub fn resolve(kind: EngineKind) -> anyhow::Result<EngineKind> {
         EngineKind::Cpu => usage!(
             "--engine cpu: the CPU engine is not wired into workers yet; use --engine mocker"
         ),
-        EngineKind::Cuda => usage!("--engine cuda: the CUDA backend does not exist yet; use --engine mocker"),
+        EngineKind::Cuda => {
+            usage!("--engine cuda: the CUDA backend does not exist yet; use --engine mocker")
+        }
     }
 }
 
@@ -59,14 +61,25 @@ fn mocker_tokens(model: &Path) -> anyhow::Result<(u32, std::ops::Range<u32>)> {
                 .token_to_piece(id)
                 .is_some_and(|p| !(p.starts_with("<0x") && p.ends_with('>')))
     };
-    let start = (0..vocab).rev().take_while(|&id| plain(id)).last().unwrap_or(vocab);
+    let start = (0..vocab)
+        .rev()
+        .take_while(|&id| plain(id))
+        .last()
+        .unwrap_or(vocab);
     if start >= vocab {
-        usage!("{}: the tokenizer has no ordinary tokens for the mocker to emit", model.display());
+        usage!(
+            "{}: the tokenizer has no ordinary tokens for the mocker to emit",
+            model.display()
+        );
     }
     Ok((vocab, start..vocab))
 }
 
-pub fn build(kind: EngineKind, args: &ModelArgs, model: &ModelChoice) -> anyhow::Result<Box<dyn Executor>> {
+pub fn build(
+    kind: EngineKind,
+    args: &ModelArgs,
+    model: &ModelChoice,
+) -> anyhow::Result<Box<dyn Executor>> {
     if args.kv_host_cache_gb > 0.0 || args.kv_disk_cache_gb > 0.0 {
         usage!("--kv-host-cache-gb/--kv-disk-cache-gb: KV offload tiers are not implemented yet");
     }

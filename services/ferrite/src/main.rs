@@ -25,7 +25,11 @@ fn main() {
     });
     if let Err(e) = result {
         eprintln!("ferrite: error: {e:#}");
-        let code = if e.downcast_ref::<args::UsageError>().is_some() { 2 } else { 1 };
+        let code = if e.downcast_ref::<args::UsageError>().is_some() {
+            2
+        } else {
+            1
+        };
         std::process::exit(code);
     }
 }

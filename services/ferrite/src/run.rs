@@ -87,7 +87,14 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let bus: Arc<dyn Bus> = Arc::new(MemBus::new());
     let discovery: Arc<dyn Discovery> = Arc::new(MemDiscovery::new());
     let ns = ferrite_protocol::discovery::DEFAULT_NAMESPACE;
-    let workers = start_workers(&args.model, ns, WorkerRole::Agg, bus.clone(), discovery.clone()).await?;
+    let workers = start_workers(
+        &args.model,
+        ns,
+        WorkerRole::Agg,
+        bus.clone(),
+        discovery.clone(),
+    )
+    .await?;
     let fe = Frontend::start(frontend_config(&args.http, ns), bus, discovery).await?;
     println!("ferrite serving on http://{} (OpenAI API at /v1)", fe.addr);
     shutdown_signal().await;
@@ -99,7 +106,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn connect(c: &crate::args::ClusterArgs) -> anyhow::Result<(Arc<dyn Bus>, Arc<dyn Discovery>)> {
+async fn connect(
+    c: &crate::args::ClusterArgs,
+) -> anyhow::Result<(Arc<dyn Bus>, Arc<dyn Discovery>)> {
     let bus = NatsBus::connect(&c.nats)
         .await
         .with_context(|| format!("connecting to NATS at {}", c.nats))?;
@@ -111,7 +120,12 @@ async fn connect(c: &crate::args::ClusterArgs) -> anyhow::Result<(Arc<dyn Bus>, 
 
 pub async fn frontend(args: FrontendArgs) -> anyhow::Result<()> {
     let (bus, discovery) = connect(&args.cluster).await?;
-    let fe = Frontend::start(frontend_config(&args.http, &args.cluster.namespace), bus, discovery.clone()).await?;
+    let fe = Frontend::start(
+        frontend_config(&args.http, &args.cluster.namespace),
+        bus,
+        discovery.clone(),
+    )
+    .await?;
     println!("ferrite frontend on http://{}", fe.addr);
     shutdown_signal().await;
     fe.stop().await;
@@ -123,7 +137,9 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     let role = match args.role {
         Role::Agg => WorkerRole::Agg,
         Role::Prefill | Role::Decode => {
-            usage!("--role prefill/decode: disaggregated serving is not implemented yet; use --role agg")
+            usage!(
+                "--role prefill/decode: disaggregated serving is not implemented yet; use --role agg"
+            )
         }
     };
     if args.dp_size != 1 {
@@ -133,9 +149,19 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         ferrite_telemetry::serve_metrics(([127, 0, 0, 1], args.metrics_port).into())?;
     }
     let (bus, discovery) = connect(&args.cluster).await?;
-    let workers = start_workers(&args.model, &args.cluster.namespace, role, bus, discovery.clone()).await?;
+    let workers = start_workers(
+        &args.model,
+        &args.cluster.namespace,
+        role,
+        bus,
+        discovery.clone(),
+    )
+    .await?;
     for w in &workers {
-        println!("ferrite worker {} serving {}", w.record.instance_id, w.record.model);
+        println!(
+            "ferrite worker {} serving {}",
+            w.record.instance_id, w.record.model
+        );
     }
     shutdown_signal().await;
     eprintln!("ferrite: draining (up to {} s)", args.drain_timeout);
