@@ -97,7 +97,10 @@ impl ChoiceState {
         let mut upto = if self.finish.is_some() || self.max_stop_len == 0 {
             self.text.len()
         } else {
-            self.text.len().saturating_sub(self.max_stop_len - 1).max(self.sent)
+            self.text
+                .len()
+                .saturating_sub(self.max_stop_len - 1)
+                .max(self.sent)
         };
         while !self.text.is_char_boundary(upto) {
             upto -= 1;
@@ -124,5 +127,112 @@ impl ChoiceState {
             .filter_map(|s| hay.find(s.as_str()).map(|p| (p, s.len())))
             .min()
             .map(|(p, len)| from + p + if self.include_stop { len } else { 0 })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferrite_protocol::{InstanceId, ModelRecord};
+
+    fn model() -> ServedModel {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../ferrite/assets/stories260k");
+        ServedModel::load(&ModelRecord {
+            name: "s".into(),
+            instance_id: InstanceId(1),
+            model_path: path.into(),
+            context_length: 512,
+            kv_block_size: 16,
+            simulated: true,
+        })
+        .unwrap()
+    }
+
+    fn out(ids: Vec<u32>, finish: Option<FinishReason>) -> EngineOutput {
+        EngineOutput {
+            token_ids: ids,
+            finish_reason: finish,
+            ..Default::default()
+        }
+    }
+
+    /// Feeds tokens one at a time and returns (concatenated deltas, finish, stopped).
+    fn run(
+        m: &ServedModel,
+        ids: &[u32],
+        stops: &[&str],
+        include: bool,
+    ) -> (String, Option<FinishReason>, bool) {
+        let mut st = ChoiceState::new(
+            0,
+            m,
+            &[1],
+            stops.iter().map(|s| s.to_string()).collect(),
+            include,
+        );
+        let mut text = String::new();
+        let mut stopped = false;
+        for (i, &t) in ids.iter().enumerate() {
+            let fin = (i + 1 == ids.len()).then_some(FinishReason::Length);
+            let d = st.on_output(&out(vec![t], fin));
+            text.push_str(&d.text);
+            stopped |= d.stopped_by_string;
+            if d.finish_reason.is_some() {
+                return (text, d.finish_reason, stopped);
+            }
+        }
+        (text, st.finish, stopped)
+    }
+
+    fn story(m: &ServedModel) -> Vec<u32> {
+        m.encode(
+            "Once upon a time, there was a little girl named Lily. She liked to play.",
+            false,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn streamed_text_equals_full_decode_without_stops() {
+        let m = model();
+        let ids = story(&m);
+        let (text, fin, stopped) = run(&m, &ids, &[], false);
+        let full = m.card_decode(&ids);
+        assert_eq!(text, full);
+        assert_eq!(fin, Some(FinishReason::Length));
+        assert!(!stopped);
+    }
+
+    #[test]
+    fn stop_string_cuts_the_text_and_is_excluded_or_included() {
+        let m = model();
+        let ids = story(&m);
+        let full = m.card_decode(&ids);
+        let cut = full.find("little").unwrap();
+        let (text, fin, stopped) = run(&m, &ids, &["zzz", "little"], false);
+        assert_eq!(text, full[..cut]);
+        assert_eq!(fin, Some(FinishReason::Stop));
+        assert!(stopped);
+        let (text, _, _) = run(&m, &ids, &["little"], true);
+        assert_eq!(text, full[..cut + "little".len()]);
+    }
+
+    #[test]
+    fn text_that_may_start_a_stop_string_is_held_back() {
+        let m = model();
+        let ids = story(&m);
+        let mut st = ChoiceState::new(0, &m, &[1], vec!["Lily. She".into()], false);
+        let mut sent = String::new();
+        for &t in &ids {
+            let d = st.on_output(&out(vec![t], None));
+            sent.push_str(&d.text);
+            // Nothing sent may contain the beginning of the stop string at its end.
+            assert!(!sent.ends_with("Lily"), "leaked a stop prefix: {sent:?}");
+            if d.finish_reason.is_some() {
+                break;
+            }
+        }
+        assert!(sent.ends_with("named "), "{sent:?}");
+        assert_eq!(st.finish, Some(FinishReason::Stop));
     }
 }

@@ -4,8 +4,7 @@
 use crate::state::AppState;
 use async_stream::stream;
 use ferrite_protocol::{
-    ControlMessage, EngineOutput, ErrorInfo, ErrorKind, InstanceId, PreprocessedRequest,
-    RequestId,
+    ControlMessage, EngineOutput, ErrorInfo, ErrorKind, InstanceId, PreprocessedRequest, RequestId,
 };
 use ferrite_runtime::{RuntimeError, StreamError, StreamOptions, request_stream};
 use ferrite_telemetry::names;

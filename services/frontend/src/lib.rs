@@ -56,10 +56,19 @@ impl Frontend {
         bus: Arc<dyn Bus>,
         discovery: Arc<dyn Discovery>,
     ) -> Result<Self> {
-        let policy: PolicyKind = config.router.parse().map_err(|e| FrontendError::Config(format!("--router: {e}")))?;
+        let policy: PolicyKind = config
+            .router
+            .parse()
+            .map_err(|e| FrontendError::Config(format!("--router: {e}")))?;
         let router = RouterActor::new(ferrite_router::Router::with_kind(policy)).start();
         let (cancel_tx, cancel_rx) = tokio::sync::mpsc::unbounded_channel();
-        let state = Arc::new(AppState::new(config.clone(), bus.clone(), discovery, router, cancel_tx));
+        let state = Arc::new(AppState::new(
+            config.clone(),
+            bus.clone(),
+            discovery,
+            router,
+            cancel_tx,
+        ));
         let mut tasks = state::start_watchers(&state).await?;
         tasks.push(tokio::spawn(generate::run_canceller(bus, cancel_rx)));
         let prom = ferrite_telemetry::prometheus()?;
@@ -84,13 +93,25 @@ impl Frontend {
         .workers(config.http_workers.max(1))
         .disable_signals()
         .bind(&bind)
-        .map_err(|source| FrontendError::Bind { addr: bind.clone(), source })?;
-        let addr = server.addrs().first().copied().ok_or_else(|| FrontendError::Config(format!("no address bound for {bind}")))?;
+        .map_err(|source| FrontendError::Bind {
+            addr: bind.clone(),
+            source,
+        })?;
+        let addr = server
+            .addrs()
+            .first()
+            .copied()
+            .ok_or_else(|| FrontendError::Config(format!("no address bound for {bind}")))?;
         let server = server.run();
         let handle = server.handle();
         let server_task = tokio::spawn(server);
         tracing::info!(%addr, "frontend listening");
-        Ok(Self { addr, server: handle, server_task, tasks })
+        Ok(Self {
+            addr,
+            server: handle,
+            server_task,
+            tasks,
+        })
     }
 
     /// Waits until the HTTP server stops.

@@ -45,6 +45,11 @@ impl ServedModel {
         self.card.tokenizer.decode(ids, false).unwrap_or_default()
     }
 
+    /// Full decoding without special tokens (what a stream's pieces add up to).
+    pub fn card_decode(&self, ids: &[TokenId]) -> String {
+        self.card.tokenizer.decode(ids, true).unwrap_or_default()
+    }
+
     /// The text of one token as OpenAI's logprobs show it.
     pub fn token_text(&self, id: TokenId) -> String {
         self.card.tokenizer.decode(&[id], false).unwrap_or_default()

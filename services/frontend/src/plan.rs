@@ -120,29 +120,47 @@ fn choices_for(
 /// Plans a `/v1/chat/completions` request.
 pub fn chat(req: &ChatCompletionRequest, model: Arc<ServedModel>) -> ApiResult<Plan> {
     validate::no_unknown_fields(&req.unknown)?;
-    validate::unsupported("tools", req.tools.as_ref().is_some_and(|t| !t.is_null()), "tool calling is not implemented yet")?;
+    validate::unsupported(
+        "tools",
+        req.tools.as_ref().is_some_and(|t| !t.is_null()),
+        "tool calling is not implemented yet",
+    )?;
     validate::unsupported(
         "tool_choice",
-        req.tool_choice.as_ref().is_some_and(|t| !t.is_null() && t != "none"),
+        req.tool_choice
+            .as_ref()
+            .is_some_and(|t| !t.is_null() && t != "none"),
         "tool calling is not implemented yet",
     )?;
     let fmt_ok = req
         .response_format
         .as_ref()
         .is_none_or(|f| f.is_null() || f.get("type").and_then(|t| t.as_str()) == Some("text"));
-    validate::unsupported("response_format", !fmt_ok, "only {\"type\": \"text\"} is supported")?;
+    validate::unsupported(
+        "response_format",
+        !fmt_ok,
+        "only {\"type\": \"text\"} is supported",
+    )?;
     if req.messages.is_empty() {
-        return Err(ApiError::invalid("messages", "`messages` must not be empty"));
+        return Err(ApiError::invalid(
+            "messages",
+            "`messages` must not be empty",
+        ));
     }
     for (i, m) in req.messages.iter().enumerate() {
-        if !matches!(m.role.as_str(), "system" | "user" | "assistant" | "tool" | "developer") {
+        if !matches!(
+            m.role.as_str(),
+            "system" | "user" | "assistant" | "tool" | "developer"
+        ) {
             return Err(ApiError::invalid(
                 format!("messages[{i}].role"),
                 format!("unknown role {:?}", m.role),
             ));
         }
         if let Some(MessageContent::Parts(parts)) = &m.content
-            && parts.iter().any(|p| matches!(p, ContentPart::ImageUrl { .. }))
+            && parts
+                .iter()
+                .any(|p| matches!(p, ContentPart::ImageUrl { .. }))
         {
             return Err(ApiError::invalid(
                 format!("messages[{i}].content"),
@@ -151,12 +169,19 @@ pub fn chat(req: &ChatCompletionRequest, model: Arc<ServedModel>) -> ApiResult<P
         }
     }
     if req.top_logprobs.is_some() && !req.logprobs {
-        return Err(ApiError::invalid("top_logprobs", "`top_logprobs` requires `logprobs: true`"));
+        return Err(ApiError::invalid(
+            "top_logprobs",
+            "`top_logprobs` requires `logprobs: true`",
+        ));
     }
     let logprobs = req.logprobs.then(|| req.top_logprobs.unwrap_or(0));
     let sampling = validate::sampling(&req.common, logprobs, model.vocab_size)?;
     let stop_strings = validate::stop_strings(&req.common)?;
-    let text = model.render_chat(&req.messages, req.add_generation_prompt, req.chat_template_kwargs.as_ref())?;
+    let text = model.render_chat(
+        &req.messages,
+        req.add_generation_prompt,
+        req.chat_template_kwargs.as_ref(),
+    )?;
     let prompt = model.encode(&text, false)?;
     let shared = Shared {
         common: &req.common,
@@ -172,7 +197,11 @@ pub fn chat(req: &ChatCompletionRequest, model: Arc<ServedModel>) -> ApiResult<P
         prompt_texts: vec![text],
         choices,
         stream: req.common.stream,
-        include_usage: req.common.stream_options.as_ref().is_some_and(|o| o.include_usage),
+        include_usage: req
+            .common
+            .stream_options
+            .as_ref()
+            .is_some_and(|o| o.include_usage),
         stop_strings,
         include_stop_str: req.common.include_stop_str_in_output,
         return_token_ids: req.common.return_token_ids,
@@ -184,9 +213,17 @@ pub fn chat(req: &ChatCompletionRequest, model: Arc<ServedModel>) -> ApiResult<P
 /// Plans a `/v1/completions` request.
 pub fn completion(req: &CompletionRequest, model: Arc<ServedModel>) -> ApiResult<Plan> {
     validate::no_unknown_fields(&req.unknown)?;
-    validate::unsupported("suffix", req.suffix.as_ref().is_some_and(|s| !s.is_empty()), "insertion is not implemented")?;
+    validate::unsupported(
+        "suffix",
+        req.suffix.as_ref().is_some_and(|s| !s.is_empty()),
+        "insertion is not implemented",
+    )?;
     let n = req.common.n.unwrap_or(1);
-    validate::unsupported("best_of", req.best_of.is_some_and(|b| b != n), "`best_of` must equal `n`")?;
+    validate::unsupported(
+        "best_of",
+        req.best_of.is_some_and(|b| b != n),
+        "`best_of` must equal `n`",
+    )?;
     let sampling = validate::sampling(&req.common, req.logprobs, model.vocab_size)?;
     let stop_strings = validate::stop_strings(&req.common)?;
     let (prompts, prompt_texts) = match &req.prompt {
@@ -199,9 +236,10 @@ pub fn completion(req: &CompletionRequest, model: Arc<ServedModel>) -> ApiResult
             (ps, ts.clone())
         }
         PromptField::Tokens(ids) => (vec![ids.clone()], vec![model.decode(ids)]),
-        PromptField::TokenLists(lists) => {
-            (lists.clone(), lists.iter().map(|l| model.decode(l)).collect())
-        }
+        PromptField::TokenLists(lists) => (
+            lists.clone(),
+            lists.iter().map(|l| model.decode(l)).collect(),
+        ),
     };
     if prompts.is_empty() {
         return Err(ApiError::invalid("prompt", "`prompt` must not be empty"));
@@ -217,7 +255,13 @@ pub fn completion(req: &CompletionRequest, model: Arc<ServedModel>) -> ApiResult
     };
     let choices = choices_for(&model, &prompts, &shared)?;
     if choices.len() > validate::MAX_N as usize {
-        return Err(ApiError::invalid("n", format!("at most {} choices per request (prompts × n)", validate::MAX_N)));
+        return Err(ApiError::invalid(
+            "n",
+            format!(
+                "at most {} choices per request (prompts × n)",
+                validate::MAX_N
+            ),
+        ));
     }
     Ok(Plan {
         endpoint: Endpoint::Completions,
@@ -225,7 +269,11 @@ pub fn completion(req: &CompletionRequest, model: Arc<ServedModel>) -> ApiResult
         prompt_texts,
         choices,
         stream: req.common.stream,
-        include_usage: req.common.stream_options.as_ref().is_some_and(|o| o.include_usage),
+        include_usage: req
+            .common
+            .stream_options
+            .as_ref()
+            .is_some_and(|o| o.include_usage),
         stop_strings,
         include_stop_str: req.common.include_stop_str_in_output,
         return_token_ids: req.common.return_token_ids,

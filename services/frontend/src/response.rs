@@ -75,7 +75,11 @@ fn chat_logprobs(model: &ServedModel, lps: &[TokenLogprob]) -> ChatLogprobs {
     }
 }
 
-fn completion_logprobs(model: &ServedModel, lps: &[TokenLogprob], offset: u32) -> CompletionLogprobs {
+fn completion_logprobs(
+    model: &ServedModel,
+    lps: &[TokenLogprob],
+    offset: u32,
+) -> CompletionLogprobs {
     let mut out = CompletionLogprobs::default();
     let mut pos = offset;
     for lp in lps {
@@ -224,13 +228,17 @@ pub fn full_response(
                 .zip(&plan.choices)
                 .map(|((c, l), cp)| {
                     let echo = if plan.echo {
-                        plan.prompt_texts.get(cp.prompt_index).cloned().unwrap_or_default()
+                        plan.prompt_texts
+                            .get(cp.prompt_index)
+                            .cloned()
+                            .unwrap_or_default()
                     } else {
                         String::new()
                     };
                     CompletionChoice {
                         index: c.index,
-                        logprobs: lp.then(|| completion_logprobs(&plan.model, l, echo.len() as u32)),
+                        logprobs: lp
+                            .then(|| completion_logprobs(&plan.model, l, echo.len() as u32)),
                         text: echo + c.text(),
                         finish_reason: c.finish.map(|f| f.as_openai().to_string()),
                         token_ids: plan.return_token_ids.then(|| c.token_ids.clone()),

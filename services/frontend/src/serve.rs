@@ -44,8 +44,9 @@ impl RequestMetrics {
         match self.last_token {
             None => metrics::histogram!(names::FRONTEND_TTFT_SECONDS)
                 .record((now - self.start).as_secs_f64()),
-            Some(t) => metrics::histogram!(names::FRONTEND_ITL_SECONDS)
-                .record((now - t).as_secs_f64()),
+            Some(t) => {
+                metrics::histogram!(names::FRONTEND_ITL_SECONDS).record((now - t).as_secs_f64())
+            }
         }
         self.last_token = Some(now);
     }
@@ -75,8 +76,15 @@ impl Drop for RequestMetrics {
 type Tagged = (usize, ChoiceItem);
 
 /// Starts every choice; the tokens end a choice early (stop strings).
-fn launch(state: &Arc<AppState>, plan: &Plan) -> (BoxStream<'static, Tagged>, Vec<CancellationToken>) {
-    let tokens: Vec<CancellationToken> = plan.choices.iter().map(|_| CancellationToken::new()).collect();
+fn launch(
+    state: &Arc<AppState>,
+    plan: &Plan,
+) -> (BoxStream<'static, Tagged>, Vec<CancellationToken>) {
+    let tokens: Vec<CancellationToken> = plan
+        .choices
+        .iter()
+        .map(|_| CancellationToken::new())
+        .collect();
     let streams = plan.choices.iter().enumerate().map(|(i, c)| {
         let guard = CancelGuard::new(state.cancel_tx.clone());
         run_choice(state.clone(), c.request.clone(), guard, tokens[i].clone())
@@ -162,7 +170,9 @@ async fn collect(
     let mut lps: Vec<Vec<TokenLogprob>> = vec![Vec::new(); st.len()];
     let mut open = st.len();
     while open > 0 {
-        let Some((i, item)) = events.next().await else { break };
+        let Some((i, item)) = events.next().await else {
+            break;
+        };
         match item {
             Ok(out) => {
                 m.token();

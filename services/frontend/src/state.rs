@@ -9,7 +9,9 @@ use ferrite_protocol::{
     DpRank, ErrorInfo, ErrorKind, InstanceId, InstanceRecord, KvEventBatch, ModelRecord,
     PreprocessedRequest, WorkerLoad, names,
 };
-use ferrite_router::{InstanceDown, InstanceUp, KvEvents, LoadReport, Route, RouteRequest, RouterActor};
+use ferrite_router::{
+    InstanceDown, InstanceUp, KvEvents, LoadReport, Route, RouteRequest, RouterActor,
+};
 use ferrite_runtime::{Bus, Discovery, DiscoveryEvent};
 use futures::StreamExt;
 use parking_lot::RwLock;
@@ -109,10 +111,13 @@ impl AppState {
                     match tokio::task::spawn_blocking(move || ServedModel::load(&r)).await {
                         Ok(Ok(m)) => {
                             tracing::info!(model = %rec.name, path = %rec.model_path, "serving model");
-                            self.models.write().entry(rec.name.clone()).or_insert(ModelSlot {
-                                model: Arc::new(m),
-                                instances: 0,
-                            });
+                            self.models
+                                .write()
+                                .entry(rec.name.clone())
+                                .or_insert(ModelSlot {
+                                    model: Arc::new(m),
+                                    instances: 0,
+                                });
                         }
                         Ok(Err(e)) => {
                             tracing::error!(model = %rec.name, path = %rec.model_path, "cannot load the model's tokenizer: {e}");
@@ -141,15 +146,21 @@ impl AppState {
 
     fn on_instance_event(&self, ev: DiscoveryEvent) {
         match ev {
-            DiscoveryEvent::Put { key, value } => match serde_json::from_slice::<InstanceRecord>(&value) {
-                Ok(rec) => {
-                    tracing::info!(instance = %rec.instance_id, model = %rec.model, "instance up");
-                    self.router.do_send(InstanceUp(rec));
+            DiscoveryEvent::Put { key, value } => {
+                match serde_json::from_slice::<InstanceRecord>(&value) {
+                    Ok(rec) => {
+                        tracing::info!(instance = %rec.instance_id, model = %rec.model, "instance up");
+                        self.router.do_send(InstanceUp(rec));
+                    }
+                    Err(e) => tracing::warn!(%key, "bad instance record: {e}"),
                 }
-                Err(e) => tracing::warn!(%key, "bad instance record: {e}"),
-            },
+            }
             DiscoveryEvent::Delete { key } => {
-                match key.rsplit('/').next().and_then(|id| id.parse::<InstanceId>().ok()) {
+                match key
+                    .rsplit('/')
+                    .next()
+                    .and_then(|id| id.parse::<InstanceId>().ok())
+                {
                     Some(id) => {
                         tracing::info!(instance = %id, "instance down");
                         self.router.do_send(InstanceDown(id));
@@ -162,15 +173,25 @@ impl AppState {
 }
 
 /// Starts the tasks that feed the state; the handles are kept by the frontend.
-pub async fn start_watchers(state: &Arc<AppState>) -> Result<Vec<JoinHandle<()>>, ferrite_runtime::RuntimeError> {
+pub async fn start_watchers(
+    state: &Arc<AppState>,
+) -> Result<Vec<JoinHandle<()>>, ferrite_runtime::RuntimeError> {
     let ns = state.config.namespace.clone();
     let mut tasks = Vec::new();
 
-    let mut models = state.discovery.watch_prefix(&names::models_prefix(&ns)).await?;
+    let mut models = state
+        .discovery
+        .watch_prefix(&names::models_prefix(&ns))
+        .await?;
     // Apply what exists now before serving, so the first request sees every model.
-    let current = state.discovery.get_prefix(&names::models_prefix(&ns)).await?;
+    let current = state
+        .discovery
+        .get_prefix(&names::models_prefix(&ns))
+        .await?;
     for (key, value) in current {
-        state.on_model_event(DiscoveryEvent::Put { key, value }).await;
+        state
+            .on_model_event(DiscoveryEvent::Put { key, value })
+            .await;
     }
     let s = state.clone();
     tasks.push(tokio::spawn(async move {
@@ -179,7 +200,10 @@ pub async fn start_watchers(state: &Arc<AppState>) -> Result<Vec<JoinHandle<()>>
         }
     }));
 
-    let mut instances = state.discovery.watch_prefix(&names::instances_prefix(&ns)).await?;
+    let mut instances = state
+        .discovery
+        .watch_prefix(&names::instances_prefix(&ns))
+        .await?;
     let s = state.clone();
     tasks.push(tokio::spawn(async move {
         while let Some(ev) = instances.next().await {
@@ -197,7 +221,10 @@ pub async fn start_watchers(state: &Arc<AppState>) -> Result<Vec<JoinHandle<()>>
         }
     }));
 
-    let mut kv = state.bus.subscribe(&format!("ferrite.{ns}.kv_events.>")).await?;
+    let mut kv = state
+        .bus
+        .subscribe(&format!("ferrite.{ns}.kv_events.>"))
+        .await?;
     let router = state.router.clone();
     tasks.push(tokio::spawn(async move {
         while let Some(msg) = kv.next().await {

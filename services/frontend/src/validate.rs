@@ -45,7 +45,10 @@ pub fn no_unknown_fields(unknown: &BTreeMap<String, Value>) -> ApiResult<()> {
 /// Rejects a field that is accepted by the schema but not supported.
 pub fn unsupported(param: &str, present: bool, why: &str) -> ApiResult<()> {
     if present {
-        Err(ApiError::invalid(param, format!("`{param}` is not supported: {why}")))
+        Err(ApiError::invalid(
+            param,
+            format!("`{param}` is not supported: {why}"),
+        ))
     } else {
         Ok(())
     }
@@ -79,7 +82,10 @@ pub fn sampling(
     if let Some(n) = c.n
         && !(1..=MAX_N).contains(&n)
     {
-        return Err(ApiError::invalid("n", format!("`n` must be between 1 and {MAX_N}, got {n}")));
+        return Err(ApiError::invalid(
+            "n",
+            format!("`n` must be between 1 and {MAX_N}, got {n}"),
+        ));
     }
     if let Some(k) = logprobs
         && k > MAX_TOP_LOGPROBS
@@ -92,7 +98,10 @@ pub fn sampling(
     let mut logit_bias = BTreeMap::new();
     for (k, v) in c.logit_bias.iter().flatten() {
         let id: TokenId = k.parse().map_err(|_| {
-            ApiError::invalid("logit_bias", format!("`logit_bias` key {k:?} is not a token id"))
+            ApiError::invalid(
+                "logit_bias",
+                format!("`logit_bias` key {k:?} is not a token id"),
+            )
         })?;
         if id >= vocab_size {
             return Err(ApiError::invalid(
@@ -127,7 +136,10 @@ pub fn sampling(
 pub fn stop_strings(c: &CommonParams) -> ApiResult<Vec<String>> {
     let stops = c.stop.clone().map(|s| s.into_vec()).unwrap_or_default();
     if stops.len() > MAX_STOP {
-        return Err(ApiError::invalid("stop", format!("at most {MAX_STOP} stop strings")));
+        return Err(ApiError::invalid(
+            "stop",
+            format!("at most {MAX_STOP} stop strings"),
+        ));
     }
     if stops.iter().any(String::is_empty) {
         return Err(ApiError::invalid("stop", "stop strings must not be empty"));
@@ -154,7 +166,10 @@ pub fn max_tokens(
     context: u32,
 ) -> ApiResult<u32> {
     if requested == Some(0) {
-        return Err(ApiError::invalid("max_tokens", "`max_tokens` must be at least 1"));
+        return Err(ApiError::invalid(
+            "max_tokens",
+            "`max_tokens` must be at least 1",
+        ));
     }
     let room = (context as usize).saturating_sub(prompt_len) as u32;
     if room == 0 {
@@ -204,8 +219,12 @@ mod tests {
 
     #[test]
     fn sampling_defaults_and_values() {
-        let s = sampling(&common(r#"{"temperature": 0, "seed": 7, "top_k": 3}"#), Some(2), 100)
-            .unwrap();
+        let s = sampling(
+            &common(r#"{"temperature": 0, "seed": 7, "top_k": 3}"#),
+            Some(2),
+            100,
+        )
+        .unwrap();
         assert!(s.is_greedy());
         assert_eq!(s.seed, Some(7));
         assert_eq!(s.top_k, 3);
@@ -225,10 +244,16 @@ mod tests {
     #[test]
     fn stops_and_tokens() {
         assert!(stop_strings(&common(r#"{"stop": ""}"#)).is_err());
-        assert_eq!(stop_strings(&common(r#"{"stop": "x"}"#)).unwrap(), vec!["x"]);
+        assert_eq!(
+            stop_strings(&common(r#"{"stop": "x"}"#)).unwrap(),
+            vec!["x"]
+        );
         assert!(token_ids("prompt", &[1, 200], 100).is_err());
         let mut m = BTreeMap::new();
         m.insert("foo".to_string(), Value::Null);
-        assert_eq!(no_unknown_fields(&m).unwrap_err().0.param.as_deref(), Some("foo"));
+        assert_eq!(
+            no_unknown_fields(&m).unwrap_err().0.param.as_deref(),
+            Some("foo")
+        );
     }
 }
