@@ -57,6 +57,35 @@ pub struct Plan {
 }
 
 impl Plan {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        endpoint: Endpoint,
+        common: &CommonParams,
+        model: Arc<ServedModel>,
+        prompts: Vec<Vec<TokenId>>,
+        prompt_texts: Vec<String>,
+        choices: Vec<ChoicePlan>,
+        stop_strings: Vec<String>,
+        echo: bool,
+    ) -> Self {
+        Plan {
+            endpoint,
+            model,
+            prompts,
+            prompt_texts,
+            choices,
+            stream: common.stream,
+            include_usage: common
+                .stream_options
+                .as_ref()
+                .is_some_and(|o| o.include_usage),
+            stop_strings,
+            include_stop_str: common.include_stop_str_in_output,
+            return_token_ids: common.return_token_ids,
+            echo,
+        }
+    }
+
     pub fn prompt_tokens(&self) -> u32 {
         self.prompts.iter().map(|p| p.len() as u32).sum()
     }
@@ -191,23 +220,16 @@ pub fn chat(req: &ChatCompletionRequest, model: Arc<ServedModel>) -> ApiResult<P
     };
     let prompts = vec![prompt];
     let choices = choices_for(&model, &prompts, &shared)?;
-    Ok(Plan {
-        endpoint: Endpoint::Chat,
-        prompts,
-        prompt_texts: vec![text],
-        choices,
-        stream: req.common.stream,
-        include_usage: req
-            .common
-            .stream_options
-            .as_ref()
-            .is_some_and(|o| o.include_usage),
-        stop_strings,
-        include_stop_str: req.common.include_stop_str_in_output,
-        return_token_ids: req.common.return_token_ids,
-        echo: false,
+    Ok(Plan::new(
+        Endpoint::Chat,
+        &req.common,
         model,
-    })
+        prompts,
+        vec![text],
+        choices,
+        stop_strings,
+        false,
+    ))
 }
 
 /// Plans a `/v1/completions` request.
@@ -263,21 +285,14 @@ pub fn completion(req: &CompletionRequest, model: Arc<ServedModel>) -> ApiResult
             ),
         ));
     }
-    Ok(Plan {
-        endpoint: Endpoint::Completions,
+    Ok(Plan::new(
+        Endpoint::Completions,
+        &req.common,
+        model,
         prompts,
         prompt_texts,
         choices,
-        stream: req.common.stream,
-        include_usage: req
-            .common
-            .stream_options
-            .as_ref()
-            .is_some_and(|o| o.include_usage),
         stop_strings,
-        include_stop_str: req.common.include_stop_str_in_output,
-        return_token_ids: req.common.return_token_ids,
-        echo: req.echo,
-        model,
-    })
+        req.echo,
+    ))
 }
