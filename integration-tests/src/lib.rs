@@ -42,10 +42,18 @@ pub struct Proc {
 
 impl Proc {
     /// Starts `ferrite ARGS` and waits for a stdout line containing `ready`.
-    pub fn start(name: &str, args: &[&str], ready: &str, timeout: Duration) -> anyhow::Result<(Proc, String)> {
+    pub fn start(
+        name: &str,
+        args: &[&str],
+        ready: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<(Proc, String)> {
         let mut child = Command::new(ferrite_bin()?)
             .args(args)
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -59,7 +67,11 @@ impl Proc {
                 }
             }
         });
-        let mut p = Proc { child, lines: rx, name: name.into() };
+        let mut p = Proc {
+            child,
+            lines: rx,
+            name: name.into(),
+        };
         let line = p.wait_line(ready, timeout)?;
         Ok((p, line))
     }
@@ -73,7 +85,10 @@ impl Proc {
                 Ok(_) => {}
                 Err(_) => {
                     if let Ok(Some(status)) = self.child.try_wait() {
-                        bail!("{} exited with {status} before printing {needle:?}", self.name);
+                        bail!(
+                            "{} exited with {status} before printing {needle:?}",
+                            self.name
+                        );
                     }
                     bail!("{} did not print {needle:?} within {timeout:?}", self.name);
                 }
@@ -118,7 +133,10 @@ pub fn models_dir() -> anyhow::Result<PathBuf> {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/models"));
     if !p.is_dir() {
-        bail!("test models not found at {} (set FERRITE_TEST_MODELS)", p.display());
+        bail!(
+            "test models not found at {} (set FERRITE_TEST_MODELS)",
+            p.display()
+        );
     }
     Ok(p)
 }
@@ -143,10 +161,8 @@ where
 
 /// The value of a Prometheus sample `name{labels}` (labels as written, or none).
 pub fn metric(text: &str, name_and_labels: &str) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| {
-            let (k, v) = l.rsplit_once(' ')?;
-            (k == name_and_labels).then(|| v.parse().ok()).flatten()
-        })
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (k, v) = l.rsplit_once(' ')?;
+        (k == name_and_labels).then(|| v.parse().ok()).flatten()
+    })
 }

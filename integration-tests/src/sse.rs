@@ -29,7 +29,11 @@ impl SseStream {
         if !ct.starts_with("text/event-stream") {
             bail!("content-type {ct:?} is not text/event-stream");
         }
-        Ok(Self { inner: resp.bytes_stream().boxed(), buf: Vec::new(), done: false })
+        Ok(Self {
+            inner: resp.bytes_stream().boxed(),
+            buf: Vec::new(),
+            done: false,
+        })
     }
 
     /// The next `data:` JSON event; `None` after `[DONE]` or at the end.
@@ -38,12 +42,17 @@ impl SseStream {
             if let Some(pos) = self.buf.windows(2).position(|w| w == b"\n\n") {
                 let ev: Vec<u8> = self.buf.drain(..pos + 2).collect();
                 let text = String::from_utf8(ev).context("SSE event is not UTF-8")?;
-                let data = text.trim().strip_prefix("data: ").with_context(|| format!("not a data event: {text:?}"))?;
+                let data = text
+                    .trim()
+                    .strip_prefix("data: ")
+                    .with_context(|| format!("not a data event: {text:?}"))?;
                 if data == "[DONE]" {
                     self.done = true;
                     return Ok(None);
                 }
-                return Ok(Some(serde_json::from_str(data).with_context(|| format!("bad JSON: {data}"))?));
+                return Ok(Some(
+                    serde_json::from_str(data).with_context(|| format!("bad JSON: {data}"))?,
+                ));
             }
             match self.inner.next().await {
                 Some(chunk) => self.buf.extend_from_slice(&chunk?),

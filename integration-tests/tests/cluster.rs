@@ -39,8 +39,19 @@ impl Cluster {
             let port_s = port.to_string();
             let (p, _) = Proc::start(
                 &format!("worker{i}"),
-                &["worker", "--etcd", &etcd_url, "--nats", &nats_url, "--engine", "mocker",
-                  "--speedup", speedup, "--metrics-port", &port_s],
+                &[
+                    "worker",
+                    "--etcd",
+                    &etcd_url,
+                    "--nats",
+                    &nats_url,
+                    "--engine",
+                    "mocker",
+                    "--speedup",
+                    speedup,
+                    "--metrics-port",
+                    &port_s,
+                ],
                 "serving",
                 Duration::from_secs(30),
             )?;
@@ -48,43 +59,83 @@ impl Cluster {
         }
         let (frontend, line) = Proc::start(
             "frontend",
-            &["frontend", "--etcd", &etcd_url, "--nats", &nats_url, "--port", "0"],
+            &[
+                "frontend", "--etcd", &etcd_url, "--nats", &nats_url, "--port", "0",
+            ],
             "frontend on",
             Duration::from_secs(30),
         )?;
         let url = url_in(&line)?;
-        let c = Cluster { etcd, _nats: nats, frontend, url, workers, client: reqwest::Client::new() };
+        let c = Cluster {
+            etcd,
+            _nats: nats,
+            frontend,
+            url,
+            workers,
+            client: reqwest::Client::new(),
+        };
         let ok = eventually(Duration::from_secs(10), || async {
-            (c.instances().await.ok()? == 2 && c.models().await.ok()?.contains(&MODEL.to_string())).then_some(())
+            (c.instances().await.ok()? == 2 && c.models().await.ok()?.contains(&MODEL.to_string()))
+                .then_some(())
         })
         .await;
-        anyhow::ensure!(ok.is_some(), "the cluster did not come up (2 instances, model listed)");
+        anyhow::ensure!(
+            ok.is_some(),
+            "the cluster did not come up (2 instances, model listed)"
+        );
         Ok(c)
     }
 
     async fn instances(&self) -> anyhow::Result<usize> {
         use ferrite_runtime::Discovery;
-        let d = ferrite_runtime::EtcdDiscovery::connect(&self.etcd.url(), Duration::from_secs(10)).await?;
-        let n = d.get_prefix(&ferrite_protocol::names::instances_prefix("ferrite")).await?.len();
+        let d = ferrite_runtime::EtcdDiscovery::connect(&self.etcd.url(), Duration::from_secs(10))
+            .await?;
+        let n = d
+            .get_prefix(&ferrite_protocol::names::instances_prefix("ferrite"))
+            .await?
+            .len();
         let _ = d.shutdown().await;
         Ok(n)
     }
 
     async fn models(&self) -> anyhow::Result<Vec<String>> {
-        let v: Value = self.client.get(format!("{}/v1/models", self.url)).send().await?.json().await?;
-        Ok(v["data"].as_array().into_iter().flatten().filter_map(|m| m["id"].as_str().map(String::from)).collect())
+        let v: Value = self
+            .client
+            .get(format!("{}/v1/models", self.url))
+            .send()
+            .await?
+            .json()
+            .await?;
+        Ok(v["data"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|m| m["id"].as_str().map(String::from))
+            .collect())
     }
 
     async fn worker_metrics(&self, i: usize) -> anyhow::Result<String> {
-        Ok(self.client.get(format!("http://127.0.0.1:{}/metrics", self.workers[i].1)).send().await?.text().await?)
+        Ok(self
+            .client
+            .get(format!("http://127.0.0.1:{}/metrics", self.workers[i].1))
+            .send()
+            .await?
+            .text()
+            .await?)
     }
 }
 
 fn prompt(i: usize) -> Vec<u32> {
-    (0..(5 + i % 40)).map(|k| 300 + ((k * 7 + i) % 200) as u32).collect()
+    (0..(5 + i % 40))
+        .map(|k| 300 + ((k * 7 + i) % 200) as u32)
+        .collect()
 }
 
-async fn stream_tokens(c: &Cluster, i: usize, max_tokens: u32) -> anyhow::Result<(Vec<u32>, String)> {
+async fn stream_tokens(
+    c: &Cluster,
+    i: usize,
+    max_tokens: u32,
+) -> anyhow::Result<(Vec<u32>, String)> {
     let body = json!({"model": MODEL, "prompt": prompt(i), "max_tokens": max_tokens, "seed": i,
         "stream": true, "return_token_ids": true});
     let s = SseStream::open(&c.client, &format!("{}/v1/completions", c.url), &body).await?;
@@ -95,7 +146,14 @@ async fn stream_tokens(c: &Cluster, i: usize, max_tokens: u32) -> anyhow::Result
     for e in events {
         anyhow::ensure!(e.get("error").is_none(), "stream {i}: {e}");
         let ch = &e["choices"][0];
-        ids.extend(ch["token_ids"].as_array().into_iter().flatten().filter_map(|t| t.as_u64()).map(|t| t as u32));
+        ids.extend(
+            ch["token_ids"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|t| t.as_u64())
+                .map(|t| t as u32),
+        );
         if let Some(f) = ch["finish_reason"].as_str() {
             finish = f.to_string();
         }
@@ -105,7 +163,9 @@ async fn stream_tokens(c: &Cluster, i: usize, max_tokens: u32) -> anyhow::Result
 
 fn expected(i: usize, n: u32) -> Vec<u32> {
     let p = prompt(i).len() as u32;
-    (0..n).map(|k| mock_token(i as u64, p + k, &MOCK_RANGE)).collect()
+    (0..n)
+        .map(|k| mock_token(i as u64, p + k, &MOCK_RANGE))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -127,11 +187,24 @@ async fn concurrent_streams_get_exactly_the_mocker_tokens() -> anyhow::Result<()
     // The chat endpoint streams the same way, role first, [DONE] last.
     let body = json!({"model": MODEL, "messages": [{"role": "user", "content": "Once upon a time"}],
         "max_tokens": 5, "stream": true, "seed": 1});
-    let (events, done) = SseStream::open(&c.client, &format!("{}/v1/chat/completions", c.url), &body).await?.collect().await?;
+    let (events, done) =
+        SseStream::open(&c.client, &format!("{}/v1/chat/completions", c.url), &body)
+            .await?
+            .collect()
+            .await?;
     assert!(done);
     assert_eq!(events[0]["choices"][0]["delta"]["role"], "assistant");
-    assert_eq!(events.last().map(|e| e["choices"][0]["finish_reason"].clone()), Some(json!("length")));
-    assert!(events.iter().all(|e| e["object"] == "chat.completion.chunk"));
+    assert_eq!(
+        events
+            .last()
+            .map(|e| e["choices"][0]["finish_reason"].clone()),
+        Some(json!("length"))
+    );
+    assert!(
+        events
+            .iter()
+            .all(|e| e["object"] == "chat.completion.chunk")
+    );
     Ok(())
 }
 
@@ -140,24 +213,47 @@ async fn sigkilled_worker_leaves_discovery_and_requests_use_the_other() -> anyho
     let mut c = Cluster::start("50").await?;
     let killed_at = Instant::now();
     c.workers[0].0.sigkill();
-    let gone = eventually(Duration::from_secs(13), || async { (c.instances().await.ok()? == 1).then_some(()) }).await;
-    assert!(gone.is_some(), "killed worker still registered after {:?}", killed_at.elapsed());
+    let gone = eventually(Duration::from_secs(13), || async {
+        (c.instances().await.ok()? == 1).then_some(())
+    })
+    .await;
+    assert!(
+        gone.is_some(),
+        "killed worker still registered after {:?}",
+        killed_at.elapsed()
+    );
     let took = killed_at.elapsed();
-    assert!(took <= Duration::from_secs(12), "lease expiry took {took:?}");
+    assert!(
+        took <= Duration::from_secs(12),
+        "lease expiry took {took:?}"
+    );
     for i in 0..16 {
         let (ids, _) = stream_tokens(&c, i, 8).await?;
         assert_eq!(ids, expected(i, 8), "request {i} after the kill");
     }
     // With no worker left, the model is known but has no live instance: 503 with a reason.
     c.workers[1].0.sigkill();
-    let none = eventually(Duration::from_secs(13), || async { (c.instances().await.ok()? == 0).then_some(()) }).await;
+    let none = eventually(Duration::from_secs(13), || async {
+        (c.instances().await.ok()? == 0).then_some(())
+    })
+    .await;
     assert!(none.is_some());
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let r = c.client.post(format!("{}/v1/completions", c.url))
-        .json(&json!({"model": MODEL, "prompt": "hi", "max_tokens": 2})).send().await?;
+    let r = c
+        .client
+        .post(format!("{}/v1/completions", c.url))
+        .json(&json!({"model": MODEL, "prompt": "hi", "max_tokens": 2}))
+        .send()
+        .await?;
     assert_eq!(r.status(), 503);
     let v: Value = r.json().await?;
-    assert!(v["error"]["message"].as_str().unwrap_or_default().contains("no live instance"), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("no live instance"),
+        "{v}"
+    );
     drop(c.frontend);
     Ok(())
 }
@@ -184,10 +280,18 @@ async fn client_disconnect_cancels_and_frees_blocks() -> anyhow::Result<()> {
     drop(s);
     let freed = eventually(Duration::from_secs(3), || async {
         let m = c.worker_metrics(w).await.ok()?;
-        (active(&m) == 0.0 && metric(&m, "ferrite_worker_cancellations_total").unwrap_or(0.0) >= 1.0).then_some(())
+        (active(&m) == 0.0
+            && metric(&m, "ferrite_worker_cancellations_total").unwrap_or(0.0) >= 1.0)
+            .then_some(())
     })
     .await;
-    assert!(freed.is_some(), "blocks not freed / cancellation not counted after a disconnect");
-    eprintln!("blocks freed {:?} after the client disconnected", dropped.elapsed());
+    assert!(
+        freed.is_some(),
+        "blocks not freed / cancellation not counted after a disconnect"
+    );
+    eprintln!(
+        "blocks freed {:?} after the client disconnected",
+        dropped.elapsed()
+    );
     Ok(())
 }

@@ -7,7 +7,12 @@ use serde_json::{Value, json};
 use std::time::Duration;
 
 async fn post(c: &reqwest::Client, url: &str, body: &str) -> anyhow::Result<(u16, Value)> {
-    let r = c.post(url).header("content-type", "application/json").body(body.to_string()).send().await?;
+    let r = c
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await?;
     let status = r.status().as_u16();
     Ok((status, r.json().await?))
 }
@@ -16,7 +21,15 @@ async fn post(c: &reqwest::Client, url: &str, body: &str) -> anyhow::Result<(u16
 async fn embedded_serve_answers_openai_requests_and_errors() -> anyhow::Result<()> {
     let (_p, line) = Proc::start(
         "serve",
-        &["serve", "--engine", "mocker", "--speedup", "100", "--port", "0"],
+        &[
+            "serve",
+            "--engine",
+            "mocker",
+            "--speedup",
+            "100",
+            "--port",
+            "0",
+        ],
         "serving on",
         Duration::from_secs(30),
     )?;
@@ -25,7 +38,12 @@ async fn embedded_serve_answers_openai_requests_and_errors() -> anyhow::Result<(
     let chat = format!("{url}/v1/chat/completions");
     let comp = format!("{url}/v1/completions");
 
-    let models: Value = c.get(format!("{url}/v1/models")).send().await?.json().await?;
+    let models: Value = c
+        .get(format!("{url}/v1/models"))
+        .send()
+        .await?
+        .json()
+        .await?;
     assert_eq!(models["data"][0]["id"], "stories260k");
 
     let (s, v) = post(&c, &chat, r#"{"model":"stories260k","messages":[{"role":"user","content":"Hello"}],"max_tokens":7,"seed":5}"#).await?;
@@ -47,15 +65,38 @@ async fn embedded_serve_answers_openai_requests_and_errors() -> anyhow::Result<(
     let (s, v) = post(&c, &chat, "{not json").await?;
     assert_eq!(s, 400);
     assert_eq!(v["error"]["type"], "invalid_request_error");
-    let (s, v) = post(&c, &chat, r#"{"model":"stories260k","messages":[{"role":"user","content":"x"}],"temperature":-3}"#).await?;
-    assert_eq!((s, v["error"]["param"].as_str()), (400, Some("temperature")));
-    let (s, v) = post(&c, &chat, r#"{"model":"stories260k","messages":[{"role":"user","content":"x"}],"frobnicate":1}"#).await?;
+    let (s, v) = post(
+        &c,
+        &chat,
+        r#"{"model":"stories260k","messages":[{"role":"user","content":"x"}],"temperature":-3}"#,
+    )
+    .await?;
+    assert_eq!(
+        (s, v["error"]["param"].as_str()),
+        (400, Some("temperature"))
+    );
+    let (s, v) = post(
+        &c,
+        &chat,
+        r#"{"model":"stories260k","messages":[{"role":"user","content":"x"}],"frobnicate":1}"#,
+    )
+    .await?;
     assert_eq!((s, v["error"]["param"].as_str()), (400, Some("frobnicate")));
     let (s, v) = post(&c, &chat, r#"{"messages":[]}"#).await?;
     assert_eq!((s, v["error"]["param"].as_str()), (400, Some("model")));
-    let (s, v) = post(&c, &chat, r#"{"model":"nope","messages":[{"role":"user","content":"x"}]}"#).await?;
+    let (s, v) = post(
+        &c,
+        &chat,
+        r#"{"model":"nope","messages":[{"role":"user","content":"x"}]}"#,
+    )
+    .await?;
     assert_eq!(s, 404, "{v}");
-    let (s, _) = post(&c, &comp, r#"{"model":"stories260k","prompt":"x","max_tokens":100000}"#).await?;
+    let (s, _) = post(
+        &c,
+        &comp,
+        r#"{"model":"stories260k","prompt":"x","max_tokens":100000}"#,
+    )
+    .await?;
     assert_eq!(s, 400);
     let (s, _) = post(&c, &comp, r#"{"model":"stories260k","prompt":[1,2,99999]}"#).await?;
     assert_eq!(s, 400);
@@ -64,10 +105,18 @@ async fn embedded_serve_answers_openai_requests_and_errors() -> anyhow::Result<(
     let body = json!({"model":"stories260k","prompt":"Once","max_tokens":6,"stream":true,"stream_options":{"include_usage":true}});
     let (events, done) = SseStream::open(&c, &comp, &body).await?.collect().await?;
     assert!(done);
-    assert_eq!(events.last().map(|e| e["usage"]["completion_tokens"].clone()), Some(json!(6)));
+    assert_eq!(
+        events
+            .last()
+            .map(|e| e["usage"]["completion_tokens"].clone()),
+        Some(json!(6))
+    );
 
     let m = c.get(format!("{url}/metrics")).send().await?.text().await?;
-    let ok = metric(&m, "ferrite_frontend_requests_total{model=\"stories260k\",endpoint=\"chat_completions\",status=\"200\"}");
+    let ok = metric(
+        &m,
+        "ferrite_frontend_requests_total{model=\"stories260k\",endpoint=\"chat_completions\",status=\"200\"}",
+    );
     assert_eq!(ok, Some(1.0), "{m}");
     assert_eq!(c.get(format!("{url}/live")).send().await?.status(), 200);
     assert_eq!(c.get(format!("{url}/health")).send().await?.status(), 200);

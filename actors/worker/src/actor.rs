@@ -164,7 +164,10 @@ impl Handler<StopAccepting> for WorkerActor {
 
 impl StreamHandler<IncomingRequest> for WorkerActor {
     fn handle(&mut self, inc: IncomingRequest, ctx: &mut Context<Self>) {
-        let IncomingRequest { body, mut responder } = inc;
+        let IncomingRequest {
+            body,
+            mut responder,
+        } = inc;
         let decoded: Result<PreprocessedRequest, _> = codec::decode(&body);
         let draining = self.draining;
         let sched = self.scheduler.clone();
@@ -177,7 +180,10 @@ impl StreamHandler<IncomingRequest> for WorkerActor {
                 Ok(r) => r,
                 Err(e) => {
                     let _ = responder
-                        .error(ErrorInfo::new(ErrorKind::InvalidRequest, format!("undecodable request: {e}")))
+                        .error(ErrorInfo::new(
+                            ErrorKind::InvalidRequest,
+                            format!("undecodable request: {e}"),
+                        ))
                         .await;
                     return;
                 }
@@ -199,7 +205,10 @@ impl StreamHandler<IncomingRequest> for WorkerActor {
                 }
                 Err(e) => {
                     let _ = responder
-                        .error(ErrorInfo::new(ErrorKind::Unavailable, format!("scheduler gone: {e}")))
+                        .error(ErrorInfo::new(
+                            ErrorKind::Unavailable,
+                            format!("scheduler gone: {e}"),
+                        ))
                         .await;
                     return;
                 }

@@ -94,8 +94,12 @@ pub async fn start_worker(
     let instance_key = names::instance_key(&ns, &cfg.component, cfg.instance_id);
     let model_key = names::model_key(&ns, &cfg.model_name, cfg.instance_id);
     // Model first: a frontend that sees the instance can already tokenize for it.
-    discovery.register(&model_key, serde_json::to_vec(&model)?).await?;
-    discovery.register(&instance_key, serde_json::to_vec(&record)?).await?;
+    discovery
+        .register(&model_key, serde_json::to_vec(&model)?)
+        .await?;
+    discovery
+        .register(&instance_key, serde_json::to_vec(&record)?)
+        .await?;
     tracing::info!(instance = %cfg.instance_id, model = %cfg.model_name, engine = %info.name,
         kv_blocks = info.kv.num_blocks, "worker registered");
     Ok(WorkerHandle {

@@ -192,7 +192,11 @@ mod tests {
         assert_eq!(out.outputs[1].token, mock_token(7, 10, &r));
         assert_eq!(out.outputs[2].token, mock_token(8, 5, &r));
         let distinct: HashSet<_> = (0..200).map(|p| mock_token(1, p, &r)).collect();
-        assert!(distinct.len() > 100, "tokens should vary: {}", distinct.len());
+        assert!(
+            distinct.len() > 100,
+            "tokens should vary: {}",
+            distinct.len()
+        );
         assert!((0..1000).all(|p| r.contains(&mock_token(3, p, &r))));
     }
 

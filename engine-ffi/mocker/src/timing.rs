@@ -18,7 +18,12 @@ pub fn decode_ms(u: f64) -> f64 {
 }
 
 /// Simulated wall time of one step, divided by `speedup`.
-pub fn step_duration(prefill_tokens: usize, decode_seqs: usize, kv_usage: f64, speedup: f64) -> Duration {
+pub fn step_duration(
+    prefill_tokens: usize,
+    decode_seqs: usize,
+    kv_usage: f64,
+    speedup: f64,
+) -> Duration {
     let mut ms = prefill_ms(prefill_tokens);
     if decode_seqs > 0 {
         ms += decode_ms(kv_usage);

@@ -57,7 +57,10 @@ mod tests {
             dp_rank: DpRank(1),
             extra_hash_key: 0,
         };
-        assert_eq!(decode::<PreprocessedRequest>(&encode(&r).unwrap()).unwrap(), r);
+        assert_eq!(
+            decode::<PreprocessedRequest>(&encode(&r).unwrap()).unwrap(),
+            r
+        );
         assert_eq!(serde_json::to_string(&InstanceId(5)).unwrap(), "5");
         assert!(decode::<StreamChunk>(b"garbage").is_err());
     }

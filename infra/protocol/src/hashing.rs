@@ -88,6 +88,9 @@ mod tests {
         for t in &a {
             bytes.extend_from_slice(&t.to_le_bytes());
         }
-        assert_eq!(block_hashes(&a, 16, 0)[0].0, xxh3_64_with_seed(&bytes, 1337));
+        assert_eq!(
+            block_hashes(&a, 16, 0)[0].0,
+            xxh3_64_with_seed(&bytes, 1337)
+        );
     }
 }
