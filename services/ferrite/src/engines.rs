@@ -34,17 +34,54 @@ pub fn model_choice(args: &ModelArgs) -> anyhow::Result<ModelChoice> {
     Ok(ModelChoice { path, name })
 }
 
-/// The engine `auto` resolves to. The CPU engine is not wired yet, so only the mocker runs.
+/// The engine `auto` resolves to: the CPU engine (the CUDA backend does not exist yet).
 pub fn resolve(kind: EngineKind) -> anyhow::Result<EngineKind> {
     match kind {
-        EngineKind::Auto | EngineKind::Mocker => Ok(EngineKind::Mocker),
-        EngineKind::Cpu => usage!(
-            "--engine cpu: the CPU engine is not wired into workers yet; use --engine mocker"
+        EngineKind::Auto | EngineKind::Cpu => Ok(EngineKind::Cpu),
+        EngineKind::Mocker => Ok(EngineKind::Mocker),
+        EngineKind::Cuda => usage!(
+            "--engine cuda: the CUDA backend does not exist yet; use --engine cpu or --engine mocker"
         ),
-        EngineKind::Cuda => {
-            usage!("--engine cuda: the CUDA backend does not exist yet; use --engine mocker")
-        }
     }
+}
+
+/// Default KV cache memory of a CPU worker.
+const CPU_KV_CACHE_BYTES: u64 = 1 << 30;
+
+/// The CPU engine: loads the weights (progress bar on a terminal, a log line otherwise)
+/// and sizes the KV cache to `--kv-blocks` or 1 GiB.
+fn cpu(args: &ModelArgs, model: &ModelChoice) -> anyhow::Result<Box<dyn Executor>> {
+    let card = ferrite_model::ModelCard::load(&model.path)
+        .with_context(|| format!("loading {}", model.path.display()))?;
+    let c = &card.config;
+    let block_bytes = 2
+        * c.num_layers as u64
+        * c.num_kv_heads as u64
+        * c.head_dim as u64
+        * args.kv_block_size as u64
+        * 4;
+    let num_kv_blocks = match args.kv_blocks {
+        Some(n) => n,
+        None => (CPU_KV_CACHE_BYTES / block_bytes.max(1)).clamp(64, 65536) as u32,
+    };
+    let total: u64 = card
+        .weight_files
+        .iter()
+        .filter_map(|f| std::fs::metadata(f).ok())
+        .map(|m| m.len())
+        .sum();
+    let progress = ferrite_model::LoadProgress::new(&format!("loading {}", model.name), total);
+    let opts = ferrite_cpu::CpuOptions {
+        num_kv_blocks,
+        block_size: args.kv_block_size,
+        threads: 0,
+        f32_activations: false,
+    };
+    let exec = ferrite_cpu::CpuExecutor::load(&model.path, opts)
+        .with_context(|| format!("loading {}", model.path.display()))?;
+    progress.inc(total);
+    progress.finish();
+    Ok(Box::new(exec))
 }
 
 /// Ordinary text tokens of the model's vocabulary, for the mocker to emit.
@@ -98,6 +135,7 @@ pub fn build(
             };
             Ok(Box::new(MockerExecutor::new(cfg)?))
         }
+        EngineKind::Cpu => cpu(args, model),
         other => usage!("engine {other:?} is not available"),
     }
 }

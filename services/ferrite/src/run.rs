@@ -54,9 +54,11 @@ async fn start_workers(
             "engine: mocker — a SIMULATED engine (timing model, deterministic tokens), not real inference"
         );
         eprintln!(
-            "ferrite: serving `{}` with the MOCKER, a simulated engine: outputs are deterministic placeholder tokens, not model predictions. The CPU engine is not wired in yet.",
+            "ferrite: serving `{}` with the MOCKER, a simulated engine: outputs are deterministic placeholder tokens, not model predictions.",
             model.name
         );
+    } else {
+        eprintln!("ferrite: serving `{}` with the {kind:?} engine", model.name);
     }
     Ok(workers)
 }
