@@ -1,7 +1,9 @@
-//! Model hyper-parameters, read from an HF `config.json` or GGUF metadata.
+//! Model hyper-parameters as the CPU kernels want them, converted from
+//! [`ferrite_model::ModelConfig`] (which parses HF `config.json` and GGUF metadata), plus
+//! the CPU-only parts: rotary pairing style and inverse frequencies.
 
 use crate::error::{CpuError, Result};
-use serde_json::Value;
+use ferrite_model::Architecture;
 use std::path::Path;
 
 /// Which llama-family variant: decides biases and q/k norms.
@@ -54,98 +56,51 @@ pub struct ModelConfig {
 }
 
 impl ModelConfig {
-    /// Parses an HF `config.json`.
+    /// Reads an HF `config.json` (through `ferrite-model`); HF checkpoints use
+    /// [`RopeStyle::Neox`].
     pub fn from_hf_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| CpuError::io(path, e))?;
-        let v: Value =
-            serde_json::from_str(&text).map_err(|e| CpuError::file(path, e.to_string()))?;
-        Self::from_hf_json(&v, path)
+        let m = ferrite_model::ModelConfig::from_hf_file(path)?;
+        Self::from_model(&m, RopeStyle::Neox, path)
     }
 
-    /// Parses the JSON of an HF `config.json` (`path` names it in errors).
-    pub fn from_hf_json(v: &Value, path: &Path) -> Result<Self> {
-        let model_type = v.get("model_type").and_then(Value::as_str).unwrap_or("");
-        let arch = match model_type {
-            "llama" | "mistral" => Arch::Llama,
-            "qwen2" => Arch::Qwen2,
-            "qwen3" => Arch::Qwen3,
-            other => {
-                return Err(CpuError::unsupported(
-                    path,
-                    format!("model_type {other:?} (supported: llama, mistral, qwen2, qwen3)"),
-                ));
-            }
-        };
-        let get = |k: &str| -> Result<usize> {
-            v.get(k)
-                .and_then(Value::as_u64)
-                .map(|x| x as usize)
-                .ok_or_else(|| CpuError::file(path, format!("missing integer field {k:?}")))
-        };
-        let hidden = get("hidden_size")?;
-        let heads = get("num_attention_heads")?;
-        let kv_heads = get("num_key_value_heads").unwrap_or(heads);
-        let head_dim = v
-            .get("head_dim")
-            .and_then(Value::as_u64)
-            .map(|x| x as usize)
-            .unwrap_or(hidden / heads.max(1));
-        let rope_scaling = match v.get("rope_scaling") {
-            Some(s) if s.is_object() => {
-                let kind = s
-                    .get("rope_type")
-                    .or_else(|| s.get("type"))
-                    .and_then(Value::as_str)
-                    .unwrap_or("");
-                let f = |k: &str, d: f64| s.get(k).and_then(Value::as_f64).unwrap_or(d);
-                match kind {
-                    "llama3" => Some(Llama3Scaling {
-                        factor: f("factor", 8.0),
-                        low_freq_factor: f("low_freq_factor", 1.0),
-                        high_freq_factor: f("high_freq_factor", 4.0),
-                        original_max_position: f("original_max_position_embeddings", 8192.0),
-                    }),
-                    "default" | "" => None,
-                    other => {
-                        return Err(CpuError::unsupported(
-                            path,
-                            format!("rope_scaling type {other:?} (supported: llama3)"),
-                        ));
-                    }
-                }
-            }
-            _ => None,
+    /// The CPU view of a `ferrite-model` config; `rope_style` depends on where the
+    /// weights came from (`path` names the source in errors).
+    pub fn from_model(
+        m: &ferrite_model::ModelConfig,
+        rope_style: RopeStyle,
+        path: &Path,
+    ) -> Result<Self> {
+        let arch = match m.architecture {
+            Architecture::Llama | Architecture::Mistral => Arch::Llama,
+            Architecture::Qwen2 => Arch::Qwen2,
+            Architecture::Qwen3 => Arch::Qwen3,
         };
         let cfg = ModelConfig {
             arch,
-            hidden,
-            intermediate: get("intermediate_size")?,
-            layers: get("num_hidden_layers")?,
-            heads,
-            kv_heads,
-            head_dim,
-            vocab: get("vocab_size")?,
-            eps: v
-                .get("rms_norm_eps")
-                .and_then(Value::as_f64)
-                .unwrap_or(1e-6) as f32,
-            rope_theta: v
-                .get("rope_theta")
-                .and_then(Value::as_f64)
-                .unwrap_or(10000.0),
-            rope_scaling,
-            rope_style: RopeStyle::Neox,
-            max_context: get("max_position_embeddings").unwrap_or(4096),
-            tie_embeddings: v
-                .get("tie_word_embeddings")
-                .and_then(Value::as_bool)
-                .unwrap_or(false),
+            hidden: m.hidden_size,
+            intermediate: m.intermediate_size,
+            layers: m.num_layers,
+            heads: m.num_heads,
+            kv_heads: m.num_kv_heads,
+            head_dim: m.head_dim,
+            vocab: m.vocab_size,
+            eps: m.rms_norm_eps,
+            rope_theta: f64::from(m.rope_theta),
+            rope_scaling: m.rope_scaling.map(|s| Llama3Scaling {
+                factor: f64::from(s.factor),
+                low_freq_factor: f64::from(s.low_freq_factor),
+                high_freq_factor: f64::from(s.high_freq_factor),
+                original_max_position: s.original_max_position_embeddings as f64,
+            }),
+            rope_style,
+            max_context: m.max_position_embeddings,
+            tie_embeddings: m.tie_word_embeddings,
         };
         cfg.validate(path)?;
         Ok(cfg)
     }
 
-    pub(crate) fn validate(&self, path: &Path) -> Result<()> {
+    fn validate(&self, path: &Path) -> Result<()> {
         if self.heads == 0
             || self.kv_heads == 0
             || !self.heads.is_multiple_of(self.kv_heads)

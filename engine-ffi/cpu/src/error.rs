@@ -18,6 +18,9 @@ pub enum CpuError {
     InvalidBatch(String),
     #[error("thread pool: {0}")]
     ThreadPool(String),
+    /// Reading the config or a GGUF file (through `ferrite-model`) failed.
+    #[error(transparent)]
+    Model(#[from] ferrite_model::ModelError),
 }
 
 pub type Result<T> = std::result::Result<T, CpuError>;
@@ -59,6 +62,7 @@ impl From<CpuError> for EngineError {
                 message: source.to_string(),
             },
             CpuError::ThreadPool(m) => EngineError::Backend(m),
+            CpuError::Model(e) => EngineError::Model(e.to_string()),
         }
     }
 }

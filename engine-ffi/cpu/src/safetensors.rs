@@ -1,7 +1,7 @@
 //! HF folders: `model.safetensors` or shards listed in `model.safetensors.index.json`.
 
 use crate::error::{CpuError, Result};
-use crate::store::{DType, RawTensor, TensorStore, read_file};
+use crate::store::{DType, Loc, RawTensor, Source, TensorStore, read_file};
 use serde_json::Value;
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
@@ -31,19 +31,19 @@ pub fn load_folder(dir: &Path) -> Result<TensorStore> {
             "no model.safetensors or model.safetensors.index.json",
         ));
     };
-    let mut store = TensorStore {
-        path: dir.to_path_buf(),
-        files: Vec::new(),
-        tensors: HashMap::new(),
-    };
+    let mut files = Vec::new();
+    let mut tensors = HashMap::new();
     for shard in shards {
         let path = dir.join(&shard);
         let bytes = read_file(&path)?;
-        let file_idx = store.files.len();
-        parse_into(&path, &bytes, file_idx, &mut store.tensors)?;
-        store.files.push(bytes);
+        parse_into(&path, &bytes, files.len(), &mut tensors)?;
+        files.push(bytes);
     }
-    Ok(store)
+    Ok(TensorStore {
+        path: dir.to_path_buf(),
+        source: Source::Files(files),
+        tensors,
+    })
 }
 
 fn parse_into(
@@ -113,9 +113,7 @@ fn parse_into(
             RawTensor {
                 dtype,
                 shape,
-                file,
-                start,
-                end,
+                loc: Loc::Span { file, start, end },
             },
         );
     }

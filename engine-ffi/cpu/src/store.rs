@@ -4,6 +4,7 @@
 
 use crate::error::{CpuError, Result};
 use crate::tensor::{Matrix, QK};
+use ferrite_model::GgmlType;
 use half::{bf16, f16};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -19,6 +20,19 @@ pub enum DType {
 }
 
 impl DType {
+    /// The CPU type of a GGML type; `None` for types the kernels do not implement.
+    pub fn from_ggml(t: GgmlType) -> Option<Self> {
+        Some(match t {
+            GgmlType::F32 => DType::F32,
+            GgmlType::F16 => DType::F16,
+            GgmlType::BF16 => DType::BF16,
+            GgmlType::Q4_0 => DType::Q4_0,
+            GgmlType::Q4_1 => DType::Q4_1,
+            GgmlType::Q8_0 => DType::Q8_0,
+            _ => return None,
+        })
+    }
+
     /// Bytes of `n` elements, `None` when `n` does not fill whole blocks.
     pub fn bytes_for(self, n: usize) -> Option<usize> {
         match self {
@@ -31,19 +45,37 @@ impl DType {
     }
 }
 
+/// Where a tensor's bytes are.
+pub enum Loc {
+    /// `files[file][start..end]` of a [`Source::Files`] store.
+    Span {
+        file: usize,
+        start: usize,
+        end: usize,
+    },
+    /// The GGUF tensor of this name in a [`Source::Gguf`] store.
+    Gguf(String),
+}
+
 pub struct RawTensor {
     pub dtype: DType,
     /// Outermost dimension first (`[rows, cols]` for a matrix).
     pub shape: Vec<usize>,
-    pub file: usize,
-    pub start: usize,
-    pub end: usize,
+    pub loc: Loc,
+}
+
+/// The bytes behind a store's tensors.
+pub enum Source {
+    /// Whole files read into memory (safetensors shards).
+    Files(Vec<Vec<u8>>),
+    /// A mapped GGUF file.
+    Gguf(ferrite_model::GgufFile),
 }
 
 /// Every tensor of a model, with the bytes of the files that hold them.
 pub struct TensorStore {
     pub path: PathBuf,
-    pub files: Vec<Vec<u8>>,
+    pub source: Source,
     pub tensors: HashMap<String, RawTensor>,
 }
 
@@ -61,10 +93,14 @@ impl TensorStore {
             .tensors
             .get(name)
             .ok_or_else(|| CpuError::file(&self.path, format!("missing tensor {name}")))?;
-        let bytes = self
-            .files
-            .get(t.file)
-            .and_then(|f| f.get(t.start..t.end))
+        let bytes = match (&t.loc, &self.source) {
+            (Loc::Span { file, start, end }, Source::Files(files)) => {
+                files.get(*file).and_then(|f| f.get(*start..*end))
+            }
+            (Loc::Gguf(gname), Source::Gguf(g)) => Some(g.tensor_data(gname)?.1),
+            _ => None,
+        };
+        let bytes = bytes
             .ok_or_else(|| CpuError::file(&self.path, format!("tensor {name} out of bounds")))?;
         Ok((t, bytes))
     }
