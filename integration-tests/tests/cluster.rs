@@ -295,3 +295,52 @@ async fn client_disconnect_cancels_and_frees_blocks() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_mid_stream_migrates_without_losing_or_repeating_tokens() -> anyhow::Result<()> {
+    // Real-time simulation so the request is still streaming when its worker dies.
+    let mut c = Cluster::start("1").await?;
+    let n = 400;
+    let body = json!({"model": MODEL, "prompt": prompt(9), "max_tokens": n, "seed": 9,
+        "stream": true, "return_token_ids": true});
+    let mut s = SseStream::open(&c.client, &format!("{}/v1/completions", c.url), &body).await?;
+    let mut ids: Vec<u32> = Vec::new();
+    let mut finish = None;
+    let mut killed = false;
+    while let Some(e) = s.next_event().await? {
+        assert!(e.get("error").is_none(), "{e}");
+        let ch = &e["choices"][0];
+        ids.extend(
+            ch["token_ids"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|t| t.as_u64())
+                .map(|t| t as u32),
+        );
+        if let Some(f) = ch["finish_reason"].as_str() {
+            finish = Some(f.to_string());
+        }
+        if !killed && ids.len() >= 20 {
+            let running = |m: &str| metric(m, "ferrite_worker_running_sequences").unwrap_or(0.0);
+            let mut victim = None;
+            for w in 0..2 {
+                if running(&c.worker_metrics(w).await?) > 0.0 {
+                    victim = Some(w);
+                }
+            }
+            let w = victim.expect("one worker runs the request");
+            c.workers[w].0.sigkill();
+            killed = true;
+        }
+    }
+    assert!(killed, "the stream ended before a worker could be killed");
+    assert!(s.done, "no [DONE]");
+    assert_eq!(finish.as_deref(), Some("length"));
+    assert_eq!(
+        ids,
+        expected(9, n),
+        "migrated stream lost or repeated tokens"
+    );
+    Ok(())
+}
