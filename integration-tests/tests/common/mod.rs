@@ -16,8 +16,11 @@ pub fn u32s(v: &Value) -> Vec<u32> {
         .collect()
 }
 
-/// The cases of the given reference files: (name, prompt ids, greedy ids).
-pub fn reference_cases(files: &[&str]) -> anyhow::Result<Vec<(String, Vec<u32>, Vec<u32>)>> {
+/// One reference case: (name, prompt ids, greedy ids).
+pub type Case = (String, Vec<u32>, Vec<u32>);
+
+/// The cases of the given reference files.
+pub fn reference_cases(files: &[&str]) -> anyhow::Result<Vec<Case>> {
     let models = models_dir()?;
     let mut out = Vec::new();
     for f in files {
@@ -40,7 +43,7 @@ pub fn reference_cases(files: &[&str]) -> anyhow::Result<Vec<(String, Vec<u32>, 
 pub fn run_exact(
     exec: &mut dyn Executor,
     mut sched: Scheduler,
-    cases: &[(String, Vec<u32>, Vec<u32>)],
+    cases: &[Case],
     eos: &[u32],
 ) -> anyhow::Result<SchedulerStats> {
     let mut want = HashMap::new();
