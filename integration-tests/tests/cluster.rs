@@ -246,6 +246,10 @@ async fn sigkilled_worker_leaves_discovery_and_requests_use_the_other() -> anyho
         .send()
         .await?;
     assert_eq!(r.status(), 503);
+    assert_eq!(
+        r.headers().get("retry-after").and_then(|v| v.to_str().ok()),
+        Some("1")
+    );
     let v: Value = r.json().await?;
     assert!(
         v["error"]["message"]
@@ -341,6 +345,87 @@ async fn sigkill_mid_stream_migrates_without_losing_or_repeating_tokens() -> any
         ids,
         expected(9, n),
         "migrated stream lost or repeated tokens"
+    );
+    let m = c
+        .client
+        .get(format!("{}/metrics", c.url))
+        .send()
+        .await?
+        .text()
+        .await?;
+    assert_eq!(
+        metric(
+            &m,
+            "ferrite_frontend_migrations_total{reason=\"stream_lost\"}"
+        ),
+        Some(1.0),
+        "{m}"
+    );
+    Ok(())
+}
+
+/// SIGTERM on the worker serving a stream: it leaves discovery at once and finishes the
+/// stream within its drain timeout; the client sees a complete, exact stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_drains_the_worker_and_finishes_its_streams() -> anyhow::Result<()> {
+    let c = Cluster::start("1").await?;
+    let n = 300;
+    let body = json!({"model": MODEL, "prompt": prompt(11), "max_tokens": n, "seed": 11,
+        "stream": true, "return_token_ids": true});
+    let mut s = SseStream::open(&c.client, &format!("{}/v1/completions", c.url), &body).await?;
+    let mut ids: Vec<u32> = Vec::new();
+    let mut termed = None;
+    while let Some(e) = s.next_event().await? {
+        assert!(e.get("error").is_none(), "{e}");
+        ids.extend(
+            e["choices"][0]["token_ids"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|t| t.as_u64())
+                .map(|t| t as u32),
+        );
+        if termed.is_none() && ids.len() >= 20 {
+            let running = |m: &str| metric(m, "ferrite_worker_running_sequences").unwrap_or(0.0);
+            let mut victim = None;
+            for w in 0..2 {
+                if running(&c.worker_metrics(w).await?) > 0.0 {
+                    victim = Some(w);
+                }
+            }
+            let w = victim.expect("one worker runs the request");
+            c.workers[w].0.sigterm();
+            termed = Some(Instant::now());
+        }
+    }
+    let t = termed.expect("the stream ended before SIGTERM");
+    assert!(s.done);
+    assert_eq!(
+        ids,
+        expected(11, n),
+        "drained stream lost or repeated tokens"
+    );
+    // It left discovery at once (revoked, not expired): well under the 10 s TTL.
+    assert_eq!(c.instances().await?, 1);
+    assert!(
+        t.elapsed() < Duration::from_secs(8),
+        "drain took {:?}",
+        t.elapsed()
+    );
+    let m = c
+        .client
+        .get(format!("{}/metrics", c.url))
+        .send()
+        .await?
+        .text()
+        .await?;
+    assert_eq!(
+        metric(
+            &m,
+            "ferrite_frontend_migrations_total{reason=\"stream_lost\"}"
+        ),
+        None,
+        "drain must not need migration"
     );
     Ok(())
 }

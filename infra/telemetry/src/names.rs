@@ -8,7 +8,10 @@ pub const FRONTEND_ITL_SECONDS: &str = "ferrite_frontend_inter_token_latency_sec
 pub const FRONTEND_REQUEST_DURATION_SECONDS: &str = "ferrite_frontend_request_duration_seconds";
 pub const FRONTEND_INPUT_TOKENS: &str = "ferrite_frontend_input_tokens";
 pub const FRONTEND_OUTPUT_TOKENS: &str = "ferrite_frontend_output_tokens";
-pub const FRONTEND_CLIENT_DISCONNECTS_TOTAL: &str = "ferrite_frontend_client_disconnects_total";
+/// Requests the frontend cancelled on a worker (client gone, stop string, deadline).
+pub const FRONTEND_CANCELLATIONS_TOTAL: &str = "ferrite_frontend_cancellations_total";
+/// Streams re-routed to another instance, by `reason`.
+pub const FRONTEND_MIGRATIONS_TOTAL: &str = "ferrite_frontend_migrations_total";
 
 // worker
 pub const WORKER_KV_BLOCKS: &str = "ferrite_worker_kv_blocks";
@@ -27,3 +30,4 @@ pub const LABEL_ENDPOINT: &str = "endpoint";
 pub const LABEL_STATUS: &str = "status";
 pub const LABEL_STATE: &str = "state";
 pub const LABEL_INSTANCE: &str = "instance";
+pub const LABEL_REASON: &str = "reason";

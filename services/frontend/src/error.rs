@@ -5,6 +5,9 @@ use ferrite_protocol::openai::ErrorResponse;
 use ferrite_protocol::{ErrorInfo, ErrorKind};
 use std::fmt;
 
+/// `Retry-After` of 429 and 503 answers.
+pub const RETRY_AFTER_SECONDS: u32 = 1;
+
 /// An error answered as `{"error": {"message", "type", "param", "code"}}`.
 #[derive(Debug, Clone)]
 pub struct ApiError(pub ErrorInfo);
@@ -58,6 +61,14 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        HttpResponse::build(self.status_code()).json(ErrorResponse::from(&self.0))
+        let mut r = HttpResponse::build(self.status_code());
+        // Overload and unavailability are worth retrying: say when.
+        if matches!(
+            self.0.kind,
+            ErrorKind::Overloaded | ErrorKind::Unavailable | ErrorKind::WorkerLost
+        ) {
+            r.insert_header(("retry-after", RETRY_AFTER_SECONDS.to_string()));
+        }
+        r.json(ErrorResponse::from(&self.0))
     }
 }

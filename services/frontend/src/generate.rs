@@ -68,7 +68,7 @@ pub async fn run_canceller(
         let msg = ControlMessage::Cancel {
             request_id: order.request_id,
         };
-        metrics::counter!(names::FRONTEND_CLIENT_DISCONNECTS_TOTAL).increment(1);
+        metrics::counter!(names::FRONTEND_CANCELLATIONS_TOTAL).increment(1);
         match ferrite_protocol::codec::encode(&msg) {
             Ok(bytes) => {
                 if let Err(e) = bus.publish(&order.control_subject, bytes.into()).await {
@@ -113,6 +113,7 @@ pub fn run_choice(
                 Ok(s) => s,
                 Err(RuntimeError::NoResponders) | Err(RuntimeError::Timeout) => {
                     // The instance is gone but discovery has not said so yet.
+                    metrics::counter!(names::FRONTEND_MIGRATIONS_TOTAL, names::LABEL_REASON => "no_responders").increment(1);
                     exclude.push(instance);
                     continue;
                 }
@@ -176,7 +177,7 @@ pub fn run_choice(
                 return;
             }
             tracing::warn!(request_id = %req.request_id, %instance, generated = req.generated_so_far, "worker lost mid-stream; migrating");
-            metrics::counter!(names::WORKER_MIGRATIONS_TOTAL).increment(1);
+            metrics::counter!(names::FRONTEND_MIGRATIONS_TOTAL, names::LABEL_REASON => "stream_lost").increment(1);
             exclude.push(instance);
             if req.generated_so_far >= req.stop.max_tokens {
                 return;
