@@ -114,6 +114,17 @@ impl Cluster {
             .collect())
     }
 
+    /// The worker whose scheduler is running a sequence now.
+    async fn serving_worker(&self) -> anyhow::Result<usize> {
+        for w in 0..2 {
+            let m = self.worker_metrics(w).await?;
+            if metric(&m, "ferrite_worker_running_sequences").unwrap_or(0.0) > 0.0 {
+                return Ok(w);
+            }
+        }
+        anyhow::bail!("no worker runs a sequence")
+    }
+
     async fn worker_metrics(&self, i: usize) -> anyhow::Result<String> {
         Ok(self
             .client
@@ -123,6 +134,17 @@ impl Cluster {
             .text()
             .await?)
     }
+}
+
+/// The `token_ids` of one streamed choice chunk.
+fn token_ids(choice: &Value) -> Vec<u32> {
+    choice["token_ids"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_u64)
+        .map(|t| t as u32)
+        .collect()
 }
 
 fn prompt(i: usize) -> Vec<u32> {
@@ -146,14 +168,7 @@ async fn stream_tokens(
     for e in events {
         anyhow::ensure!(e.get("error").is_none(), "stream {i}: {e}");
         let ch = &e["choices"][0];
-        ids.extend(
-            ch["token_ids"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|t| t.as_u64())
-                .map(|t| t as u32),
-        );
+        ids.extend(token_ids(ch));
         if let Some(f) = ch["finish_reason"].as_str() {
             finish = f.to_string();
         }
@@ -314,26 +329,12 @@ async fn sigkill_mid_stream_migrates_without_losing_or_repeating_tokens() -> any
     while let Some(e) = s.next_event().await? {
         assert!(e.get("error").is_none(), "{e}");
         let ch = &e["choices"][0];
-        ids.extend(
-            ch["token_ids"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|t| t.as_u64())
-                .map(|t| t as u32),
-        );
+        ids.extend(token_ids(ch));
         if let Some(f) = ch["finish_reason"].as_str() {
             finish = Some(f.to_string());
         }
         if !killed && ids.len() >= 20 {
-            let running = |m: &str| metric(m, "ferrite_worker_running_sequences").unwrap_or(0.0);
-            let mut victim = None;
-            for w in 0..2 {
-                if running(&c.worker_metrics(w).await?) > 0.0 {
-                    victim = Some(w);
-                }
-            }
-            let w = victim.expect("one worker runs the request");
+            let w = c.serving_worker().await?;
             c.workers[w].0.sigkill();
             killed = true;
         }
@@ -377,23 +378,9 @@ async fn sigterm_drains_the_worker_and_finishes_its_streams() -> anyhow::Result<
     let mut termed = None;
     while let Some(e) = s.next_event().await? {
         assert!(e.get("error").is_none(), "{e}");
-        ids.extend(
-            e["choices"][0]["token_ids"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|t| t.as_u64())
-                .map(|t| t as u32),
-        );
+        ids.extend(token_ids(&e["choices"][0]));
         if termed.is_none() && ids.len() >= 20 {
-            let running = |m: &str| metric(m, "ferrite_worker_running_sequences").unwrap_or(0.0);
-            let mut victim = None;
-            for w in 0..2 {
-                if running(&c.worker_metrics(w).await?) > 0.0 {
-                    victim = Some(w);
-                }
-            }
-            let w = victim.expect("one worker runs the request");
+            let w = c.serving_worker().await?;
             c.workers[w].0.sigterm();
             termed = Some(Instant::now());
         }
