@@ -125,6 +125,16 @@ impl Cluster {
         anyhow::bail!("no worker runs a sequence")
     }
 
+    async fn frontend_metrics(&self) -> anyhow::Result<String> {
+        Ok(self
+            .client
+            .get(format!("{}/metrics", self.url))
+            .send()
+            .await?
+            .text()
+            .await?)
+    }
+
     async fn worker_metrics(&self, i: usize) -> anyhow::Result<String> {
         Ok(self
             .client
@@ -347,13 +357,7 @@ async fn sigkill_mid_stream_migrates_without_losing_or_repeating_tokens() -> any
         expected(9, n),
         "migrated stream lost or repeated tokens"
     );
-    let m = c
-        .client
-        .get(format!("{}/metrics", c.url))
-        .send()
-        .await?
-        .text()
-        .await?;
+    let m = c.frontend_metrics().await?;
     assert_eq!(
         metric(
             &m,
@@ -399,13 +403,7 @@ async fn sigterm_drains_the_worker_and_finishes_its_streams() -> anyhow::Result<
         "drain took {:?}",
         t.elapsed()
     );
-    let m = c
-        .client
-        .get(format!("{}/metrics", c.url))
-        .send()
-        .await?
-        .text()
-        .await?;
+    let m = c.frontend_metrics().await?;
     assert_eq!(
         metric(
             &m,

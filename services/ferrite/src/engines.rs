@@ -112,11 +112,15 @@ fn mocker_tokens(model: &Path) -> anyhow::Result<(u32, std::ops::Range<u32>)> {
     Ok((vocab, start..vocab))
 }
 
-pub fn build(
+/// Makes one executor per worker; what can be shared (the mocker's vocabulary scan) is
+/// done once, when the factory is made.
+pub type EngineFactory = Box<dyn Fn() -> anyhow::Result<Box<dyn Executor>>>;
+
+pub fn factory(
     kind: EngineKind,
     args: &ModelArgs,
     model: &ModelChoice,
-) -> anyhow::Result<Box<dyn Executor>> {
+) -> anyhow::Result<EngineFactory> {
     if args.kv_host_cache_gb > 0.0 || args.kv_disk_cache_gb > 0.0 {
         usage!("--kv-host-cache-gb/--kv-disk-cache-gb: KV offload tiers are not implemented yet");
     }
@@ -133,9 +137,20 @@ pub fn build(
                 max_context: 8192,
                 speedup: args.speedup,
             };
-            Ok(Box::new(MockerExecutor::new(cfg)?))
+            Ok(Box::new(move || {
+                Ok(Box::new(MockerExecutor::new(cfg.clone())?) as Box<dyn Executor>)
+            }))
         }
-        EngineKind::Cpu => cpu(args, model),
+        EngineKind::Cpu => {
+            let (args, model) = (
+                args.clone(),
+                ModelChoice {
+                    path: model.path.clone(),
+                    name: model.name.clone(),
+                },
+            );
+            Ok(Box::new(move || cpu(&args, &model)))
+        }
         other => usage!("engine {other:?} is not available"),
     }
 }

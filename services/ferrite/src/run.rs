@@ -38,9 +38,10 @@ async fn start_workers(
     if args.num_workers == 0 {
         usage!("--num-workers must be at least 1");
     }
+    let make = engines::factory(kind, args, &model)?;
     let mut workers = Vec::with_capacity(args.num_workers);
     for _ in 0..args.num_workers {
-        let exec = engines::build(kind, args, &model)?;
+        let exec = make()?;
         let mut cfg = WorkerConfig::new(&model.name, model.path.to_string_lossy());
         cfg.namespace = namespace.to_string();
         cfg.role = role;
