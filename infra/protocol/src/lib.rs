@@ -16,6 +16,7 @@ pub use error::{ErrorInfo, ErrorKind};
 pub use ids::{BlockHash, BlockId, DpRank, InstanceId, RequestId, TokenId};
 pub use kv::{KvEvent, KvEventBatch, KvEventData, WorkerLoad};
 pub use request::{
-    EngineOutput, FinishReason, PreprocessedRequest, SamplingParams, StopConditions, TokenLogprob,
+    EngineOutput, FinishReason, GuidedDecoding, PreprocessedRequest, SamplingParams,
+    StopConditions, TokenLogprob,
 };
 pub use stream::{ChunkBody, ControlMessage, StreamChunk};

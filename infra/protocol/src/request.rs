@@ -33,6 +33,25 @@ pub struct SamplingParams {
     /// before temperature (see `ferrite_engine::logits`); unknown names are a 400.
     #[serde(default)]
     pub logits_processors: Vec<String>,
+    /// Structured output: the generated text must match this (enforced over the
+    /// tokenizer's vocabulary by the worker's structured-output processor).
+    #[serde(default)]
+    pub guided: Option<GuidedDecoding>,
+}
+
+/// A constraint on the generated text (OpenAI `response_format`, `guided_*` extensions,
+/// forced tool calls).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind", content = "spec")]
+pub enum GuidedDecoding {
+    /// Any JSON object (`response_format: {"type": "json_object"}`).
+    JsonObject,
+    /// JSON matching this JSON Schema (serialized JSON text).
+    JsonSchema(String),
+    /// Text matching this regular expression (whole output).
+    Regex(String),
+    /// Exactly one of these strings.
+    Choice(Vec<String>),
 }
 
 impl Default for SamplingParams {
@@ -49,6 +68,7 @@ impl Default for SamplingParams {
             logit_bias: BTreeMap::new(),
             logprobs: None,
             logits_processors: Vec::new(),
+            guided: None,
         }
     }
 }
@@ -65,6 +85,7 @@ impl SamplingParams {
             || self.frequency_penalty != 0.0
             || self.presence_penalty != 0.0
             || !self.logits_processors.is_empty()
+            || self.guided.is_some()
     }
 }
 

@@ -129,6 +129,7 @@ pub fn sampling(
         logit_bias,
         logprobs,
         logits_processors: Vec::new(),
+        guided: None,
     })
 }
 
