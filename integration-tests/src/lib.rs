@@ -1,6 +1,7 @@
 //! ferrite-integration-tests: helpers that start the real `ferrite` binary (frontend,
 //! workers, embedded serve) against real etcd and NATS, and a small SSE client.
 
+pub mod cluster;
 pub mod sse;
 
 use anyhow::{Context, bail};

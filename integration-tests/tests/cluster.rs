@@ -1,202 +1,18 @@
 //! Multi-process tests: real etcd + NATS, one frontend process, two mocker worker
 //! processes; SIGKILL, client disconnects, exact tokens.
 
+use ferrite_integration_tests::cluster::{
+    Cluster, ClusterSpec, MODEL, mock_expected as expected, mock_prompt as prompt, token_ids,
+};
 use ferrite_integration_tests::sse::SseStream;
-use ferrite_integration_tests::{EtcdServer, NatsServer, Proc, eventually, metric, url_in};
-use ferrite_mocker::mock_token;
+use ferrite_integration_tests::{eventually, metric};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
-/// The bundled stories260k vocabulary: ids 0-2 are special and 3-258 raw bytes, so the
-/// mocker emits 259..512.
-const MOCK_RANGE: std::ops::Range<u32> = 259..512;
-const MODEL: &str = "stories260k";
-
-struct Cluster {
-    etcd: EtcdServer,
-    _nats: NatsServer,
-    frontend: Proc,
-    url: String,
-    workers: Vec<(Proc, u16)>,
-    client: reqwest::Client,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or(0)
-}
-
-impl Cluster {
-    async fn start(speedup: &str) -> anyhow::Result<Self> {
-        let etcd = EtcdServer::start()?;
-        let nats = NatsServer::start()?;
-        let (etcd_url, nats_url) = (etcd.url(), nats.url());
-        let mut workers = Vec::new();
-        for i in 0..2 {
-            let port = free_port();
-            let port_s = port.to_string();
-            let (p, _) = Proc::start(
-                &format!("worker{i}"),
-                &[
-                    "worker",
-                    "--etcd",
-                    &etcd_url,
-                    "--nats",
-                    &nats_url,
-                    "--engine",
-                    "mocker",
-                    "--speedup",
-                    speedup,
-                    "--metrics-port",
-                    &port_s,
-                ],
-                "serving",
-                Duration::from_secs(30),
-            )?;
-            workers.push((p, port));
-        }
-        let (frontend, line) = Proc::start(
-            "frontend",
-            &[
-                "frontend", "--etcd", &etcd_url, "--nats", &nats_url, "--port", "0",
-            ],
-            "frontend on",
-            Duration::from_secs(30),
-        )?;
-        let url = url_in(&line)?;
-        let c = Cluster {
-            etcd,
-            _nats: nats,
-            frontend,
-            url,
-            workers,
-            client: reqwest::Client::new(),
-        };
-        let ok = eventually(Duration::from_secs(10), || async {
-            (c.instances().await.ok()? == 2 && c.models().await.ok()?.contains(&MODEL.to_string()))
-                .then_some(())
-        })
-        .await;
-        anyhow::ensure!(
-            ok.is_some(),
-            "the cluster did not come up (2 instances, model listed)"
-        );
-        Ok(c)
-    }
-
-    async fn instances(&self) -> anyhow::Result<usize> {
-        use ferrite_runtime::Discovery;
-        let d = ferrite_runtime::EtcdDiscovery::connect(&self.etcd.url(), Duration::from_secs(10))
-            .await?;
-        let n = d
-            .get_prefix(&ferrite_protocol::names::instances_prefix("ferrite"))
-            .await?
-            .len();
-        let _ = d.shutdown().await;
-        Ok(n)
-    }
-
-    async fn models(&self) -> anyhow::Result<Vec<String>> {
-        let v: Value = self
-            .client
-            .get(format!("{}/v1/models", self.url))
-            .send()
-            .await?
-            .json()
-            .await?;
-        Ok(v["data"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|m| m["id"].as_str().map(String::from))
-            .collect())
-    }
-
-    /// The worker whose scheduler is running a sequence now.
-    async fn serving_worker(&self) -> anyhow::Result<usize> {
-        for w in 0..2 {
-            let m = self.worker_metrics(w).await?;
-            if metric(&m, "ferrite_worker_running_sequences").unwrap_or(0.0) > 0.0 {
-                return Ok(w);
-            }
-        }
-        anyhow::bail!("no worker runs a sequence")
-    }
-
-    async fn frontend_metrics(&self) -> anyhow::Result<String> {
-        Ok(self
-            .client
-            .get(format!("{}/metrics", self.url))
-            .send()
-            .await?
-            .text()
-            .await?)
-    }
-
-    async fn worker_metrics(&self, i: usize) -> anyhow::Result<String> {
-        Ok(self
-            .client
-            .get(format!("http://127.0.0.1:{}/metrics", self.workers[i].1))
-            .send()
-            .await?
-            .text()
-            .await?)
-    }
-}
-
-/// The `token_ids` of one streamed choice chunk.
-fn token_ids(choice: &Value) -> Vec<u32> {
-    choice["token_ids"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_u64)
-        .map(|t| t as u32)
-        .collect()
-}
-
-fn prompt(i: usize) -> Vec<u32> {
-    (0..(5 + i % 40))
-        .map(|k| 300 + ((k * 7 + i) % 200) as u32)
-        .collect()
-}
-
-async fn stream_tokens(
-    c: &Cluster,
-    i: usize,
-    max_tokens: u32,
-) -> anyhow::Result<(Vec<u32>, String)> {
-    let body = json!({"model": MODEL, "prompt": prompt(i), "max_tokens": max_tokens, "seed": i,
-        "stream": true, "return_token_ids": true});
-    let s = SseStream::open(&c.client, &format!("{}/v1/completions", c.url), &body).await?;
-    let (events, done) = s.collect().await?;
-    anyhow::ensure!(done, "stream {i} did not end with [DONE]");
-    let mut ids = Vec::new();
-    let mut finish = String::new();
-    for e in events {
-        anyhow::ensure!(e.get("error").is_none(), "stream {i}: {e}");
-        let ch = &e["choices"][0];
-        ids.extend(token_ids(ch));
-        if let Some(f) = ch["finish_reason"].as_str() {
-            finish = f.to_string();
-        }
-    }
-    Ok((ids, finish))
-}
-
-fn expected(i: usize, n: u32) -> Vec<u32> {
-    let p = prompt(i).len() as u32;
-    (0..n)
-        .map(|k| mock_token(i as u64, p + k, &MOCK_RANGE))
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_streams_get_exactly_the_mocker_tokens() -> anyhow::Result<()> {
-    let c = Cluster::start("50").await?;
-    let tasks: Vec<_> = (0..64).map(|i| stream_tokens(&c, i, 24)).collect();
+    let c = Cluster::start(ClusterSpec::mocker(2, "50")).await?;
+    let tasks: Vec<_> = (0..64).map(|i| c.stream_tokens(i, 24)).collect();
     let results = futures::future::join_all(tasks).await;
     for (i, r) in results.into_iter().enumerate() {
         let (ids, finish) = r?;
@@ -235,9 +51,9 @@ async fn concurrent_streams_get_exactly_the_mocker_tokens() -> anyhow::Result<()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigkilled_worker_leaves_discovery_and_requests_use_the_other() -> anyhow::Result<()> {
-    let mut c = Cluster::start("50").await?;
+    let mut c = Cluster::start(ClusterSpec::mocker(2, "50")).await?;
     let killed_at = Instant::now();
-    c.workers[0].0.sigkill();
+    c.kill_worker(0);
     let gone = eventually(Duration::from_secs(13), || async {
         (c.instances().await.ok()? == 1).then_some(())
     })
@@ -253,11 +69,11 @@ async fn sigkilled_worker_leaves_discovery_and_requests_use_the_other() -> anyho
         "lease expiry took {took:?}"
     );
     for i in 0..16 {
-        let (ids, _) = stream_tokens(&c, i, 8).await?;
+        let (ids, _) = c.stream_tokens(i, 8).await?;
         assert_eq!(ids, expected(i, 8), "request {i} after the kill");
     }
     // With no worker left, the model is known but has no live instance: 503 with a reason.
-    c.workers[1].0.sigkill();
+    c.kill_worker(1);
     let none = eventually(Duration::from_secs(13), || async {
         (c.instances().await.ok()? == 0).then_some(())
     })
@@ -290,7 +106,7 @@ async fn sigkilled_worker_leaves_discovery_and_requests_use_the_other() -> anyho
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn client_disconnect_cancels_and_frees_blocks() -> anyhow::Result<()> {
     // Real-time simulation: ~6 ms a decode step, so the request runs for seconds.
-    let c = Cluster::start("1").await?;
+    let c = Cluster::start(ClusterSpec::mocker(2, "1")).await?;
     let body = json!({"model": MODEL, "prompt": prompt(3), "max_tokens": 4000, "seed": 3,
         "stream": true, "return_token_ids": true});
     let mut s = SseStream::open(&c.client, &format!("{}/v1/completions", c.url), &body).await?;
@@ -328,7 +144,7 @@ async fn client_disconnect_cancels_and_frees_blocks() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigkill_mid_stream_migrates_without_losing_or_repeating_tokens() -> anyhow::Result<()> {
     // Real-time simulation so the request is still streaming when its worker dies.
-    let mut c = Cluster::start("1").await?;
+    let mut c = Cluster::start(ClusterSpec::mocker(2, "1")).await?;
     let n = 400;
     let body = json!({"model": MODEL, "prompt": prompt(9), "max_tokens": n, "seed": 9,
         "stream": true, "return_token_ids": true});
@@ -345,7 +161,7 @@ async fn sigkill_mid_stream_migrates_without_losing_or_repeating_tokens() -> any
         }
         if !killed && ids.len() >= 20 {
             let w = c.serving_worker().await?;
-            c.workers[w].0.sigkill();
+            c.kill_worker(w);
             killed = true;
         }
     }
@@ -373,7 +189,7 @@ async fn sigkill_mid_stream_migrates_without_losing_or_repeating_tokens() -> any
 /// stream within its drain timeout; the client sees a complete, exact stream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigterm_drains_the_worker_and_finishes_its_streams() -> anyhow::Result<()> {
-    let c = Cluster::start("1").await?;
+    let c = Cluster::start(ClusterSpec::mocker(2, "1")).await?;
     let n = 300;
     let body = json!({"model": MODEL, "prompt": prompt(11), "max_tokens": n, "seed": 11,
         "stream": true, "return_token_ids": true});
@@ -385,7 +201,7 @@ async fn sigterm_drains_the_worker_and_finishes_its_streams() -> anyhow::Result<
         ids.extend(token_ids(&e["choices"][0]));
         if termed.is_none() && ids.len() >= 20 {
             let w = c.serving_worker().await?;
-            c.workers[w].0.sigterm();
+            c.term_worker(w);
             termed = Some(Instant::now());
         }
     }

@@ -102,6 +102,17 @@ impl<T> ResponseStream<T> {
         }
     }
 
+    /// Changes the idle timeout from now on; the current deadline moves earlier if the new
+    /// timeout ends sooner (a frontend shortens it when the instance's lease is gone: a
+    /// live, draining worker keeps heartbeating, a dead one is detected quickly).
+    pub fn set_idle_timeout(&mut self, idle_timeout: Duration) {
+        let sooner = Instant::now() + idle_timeout;
+        if sooner < self.idle.deadline() {
+            self.idle.as_mut().reset(sooner);
+        }
+        self.idle_timeout = idle_timeout;
+    }
+
     fn finish(
         &mut self,
         item: std::result::Result<T, StreamError>,

@@ -4,7 +4,8 @@
 use crate::state::AppState;
 use async_stream::stream;
 use ferrite_protocol::{
-    ControlMessage, EngineOutput, ErrorInfo, ErrorKind, InstanceId, PreprocessedRequest, RequestId,
+    ControlMessage, EngineOutput, ErrorInfo, ErrorKind, FinishReason, InstanceId,
+    PreprocessedRequest, RequestId,
 };
 use ferrite_runtime::{RuntimeError, StreamError, StreamOptions, request_stream};
 use ferrite_telemetry::names;
@@ -12,6 +13,9 @@ use futures::{Stream, StreamExt};
 use std::sync::Arc;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
+
+/// Idle timeout of a stream whose instance left discovery (heartbeats come every second).
+const LEASE_GONE_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(2500);
 
 /// A cancellation to publish on an instance's control subject.
 #[derive(Debug, Clone)]
@@ -105,6 +109,7 @@ pub fn run_choice(
                 }
             };
             req.dp_rank = rank;
+            let mut downs = state.instance_down.subscribe();
             let opts = StreamOptions {
                 idle_timeout: state.config.stream_idle_timeout,
                 ..StreamOptions::default()
@@ -123,7 +128,8 @@ pub fn run_choice(
                 }
             };
             guard.serving(record.control_subject.clone(), req.request_id);
-            let mut lost = false;
+            let mut lost: Option<&'static str> = None;
+            let mut lease_gone = false;
             loop {
                 let item = tokio::select! {
                     item = s.next() => item,
@@ -131,6 +137,15 @@ pub fn run_choice(
                         // A stop string ended this choice: stop the worker too.
                         guard.fire();
                         return;
+                    }
+                    down = downs.recv(), if !lease_gone => {
+                        if matches!(down, Ok(id) if id == instance) {
+                            // A draining worker keeps heartbeating and finishes; a dead
+                            // one is now detected within a heartbeat or two.
+                            lease_gone = true;
+                            s.set_idle_timeout(LEASE_GONE_IDLE_TIMEOUT);
+                        }
+                        continue;
                     }
                 };
                 let Some(item) = item else { break };
@@ -147,13 +162,19 @@ pub fn run_choice(
                             return;
                         }
                     }
+                    Err(StreamError::Remote(info)) if info.kind == ErrorKind::WorkerLost => {
+                        // The worker gave the request up (engine crash loop): migrate.
+                        tracing::warn!(request_id = %req.request_id, %instance, "worker gave the request up: {}", info.message);
+                        lost = Some("worker_failed");
+                        break;
+                    }
                     Err(StreamError::Remote(info)) => {
                         guard.disarm();
                         yield Err(info);
                         return;
                     }
                     Err(StreamError::Lost) => {
-                        lost = true;
+                        lost = Some(if lease_gone { "lease_gone" } else { "stream_lost" });
                         break;
                     }
                     Err(StreamError::Decode(e)) => {
@@ -163,11 +184,11 @@ pub fn run_choice(
                 }
             }
             guard.disarm();
-            if !lost {
+            let Some(reason) = lost else {
                 // The stream ended without a finished output: a worker bug, not a loss.
                 yield Err(ErrorInfo::new(ErrorKind::Internal, format!("worker {instance} ended the stream early")));
                 return;
-            }
+            };
             migrations += 1;
             if migrations > state.config.migration_limit {
                 yield Err(ErrorInfo::new(
@@ -176,10 +197,12 @@ pub fn run_choice(
                 ));
                 return;
             }
-            tracing::warn!(request_id = %req.request_id, %instance, generated = req.generated_so_far, "worker lost mid-stream; migrating");
-            metrics::counter!(names::FRONTEND_MIGRATIONS_TOTAL, names::LABEL_REASON => "stream_lost").increment(1);
+            tracing::warn!(request_id = %req.request_id, %instance, generated = req.generated_so_far, reason, "worker lost mid-stream; migrating");
+            metrics::counter!(names::FRONTEND_MIGRATIONS_TOTAL, names::LABEL_REASON => reason).increment(1);
             exclude.push(instance);
             if req.generated_so_far >= req.stop.max_tokens {
+                // Every token arrived but the final chunk did not: finish here.
+                yield Ok(EngineOutput { finish_reason: Some(FinishReason::Length), ..Default::default() });
                 return;
             }
         }

@@ -32,6 +32,8 @@ pub struct AppState {
     pub discovery: Arc<dyn Discovery>,
     pub router: Addr<RouterActor>,
     pub cancel_tx: UnboundedSender<CancelOrder>,
+    /// Instances whose discovery record was deleted (lease expired or drained).
+    pub instance_down: tokio::sync::broadcast::Sender<InstanceId>,
     models: RwLock<HashMap<String, ModelSlot>>,
     /// model key → (model name) to undo on delete.
     model_keys: RwLock<HashMap<String, String>>,
@@ -51,6 +53,7 @@ impl AppState {
             discovery,
             router,
             cancel_tx,
+            instance_down: tokio::sync::broadcast::channel(256).0,
             models: RwLock::new(HashMap::new()),
             model_keys: RwLock::new(HashMap::new()),
         }
@@ -164,6 +167,7 @@ impl AppState {
                     Some(id) => {
                         tracing::info!(instance = %id, "instance down");
                         self.router.do_send(InstanceDown(id));
+                        let _ = self.instance_down.send(id);
                     }
                     None => tracing::warn!(%key, "unparsable instance key"),
                 }
