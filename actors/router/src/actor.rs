@@ -2,7 +2,7 @@
 
 use crate::error::RouteError;
 use crate::policy::RouteRequest;
-use crate::router::Router;
+use crate::router::{RouteDecision, Router};
 use actix::prelude::*;
 use ferrite_protocol::{DpRank, InstanceId, InstanceRecord, KvEventBatch, WorkerLoad};
 
@@ -14,9 +14,18 @@ pub struct Route {
     pub exclude: Vec<InstanceId>,
 }
 
-/// An instance appeared (or its record changed) in discovery.
+/// [`Route`] answering a [`RouteDecision`] (with the predicted KV overlap).
 #[derive(Message, Clone, Debug)]
-#[rtype(result = "()")]
+#[rtype(result = "Result<RouteDecision, RouteError>")]
+pub struct RouteWithOverlap {
+    pub req: RouteRequest,
+    pub exclude: Vec<InstanceId>,
+}
+
+/// An instance appeared (or its record changed) in discovery. Answers true when it is
+/// new: send it `ControlMessage::DumpKv`.
+#[derive(Message, Clone, Debug)]
+#[rtype(result = "bool")]
 pub struct InstanceUp(pub InstanceRecord);
 
 /// An instance's lease is gone: stop routing to it at once.
@@ -29,10 +38,21 @@ pub struct InstanceDown(pub InstanceId);
 #[rtype(result = "()")]
 pub struct LoadReport(pub WorkerLoad);
 
-/// A batch of KV cache events, passed to the policy.
+/// A batch of KV cache events, passed to the policy. Answers the workers that need a
+/// `ControlMessage::DumpKv` (event-id gap or unknown history).
 #[derive(Message, Clone, Debug)]
-#[rtype(result = "()")]
+#[rtype(result = "Vec<(InstanceId, DpRank)>")]
 pub struct KvEvents(pub KvEventBatch);
+
+/// Workers still waiting for a dump (re-request periodically).
+#[derive(Message, Clone, Copy, Debug)]
+#[rtype(result = "Vec<(InstanceId, DpRank)>")]
+pub struct PendingDumps;
+
+/// (worker, block) pairs in the KV index; `None` for KV-blind policies.
+#[derive(Message, Clone, Copy, Debug)]
+#[rtype(result = "Option<usize>")]
+pub struct KvIndexedBlocks;
 
 /// Models served by at least one live instance of the router's roles, sorted.
 #[derive(Message, Clone, Copy, Debug)]
@@ -60,10 +80,17 @@ impl Handler<Route> for RouterActor {
     }
 }
 
+impl Handler<RouteWithOverlap> for RouterActor {
+    type Result = Result<RouteDecision, RouteError>;
+    fn handle(&mut self, msg: RouteWithOverlap, _: &mut Context<Self>) -> Self::Result {
+        self.router.route_with_overlap(&msg.req, &msg.exclude)
+    }
+}
+
 impl Handler<InstanceUp> for RouterActor {
-    type Result = ();
-    fn handle(&mut self, msg: InstanceUp, _: &mut Context<Self>) {
-        self.router.instance_up(msg.0);
+    type Result = bool;
+    fn handle(&mut self, msg: InstanceUp, _: &mut Context<Self>) -> bool {
+        self.router.instance_up(msg.0)
     }
 }
 
@@ -82,9 +109,23 @@ impl Handler<LoadReport> for RouterActor {
 }
 
 impl Handler<KvEvents> for RouterActor {
-    type Result = ();
-    fn handle(&mut self, msg: KvEvents, _: &mut Context<Self>) {
-        self.router.kv_events(&msg.0);
+    type Result = MessageResult<KvEvents>;
+    fn handle(&mut self, msg: KvEvents, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.router.kv_events(&msg.0))
+    }
+}
+
+impl Handler<PendingDumps> for RouterActor {
+    type Result = MessageResult<PendingDumps>;
+    fn handle(&mut self, _: PendingDumps, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.router.pending_dumps())
+    }
+}
+
+impl Handler<KvIndexedBlocks> for RouterActor {
+    type Result = Option<usize>;
+    fn handle(&mut self, _: KvIndexedBlocks, _: &mut Context<Self>) -> Option<usize> {
+        self.router.kv_indexed_blocks()
     }
 }
 

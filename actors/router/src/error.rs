@@ -1,6 +1,6 @@
 //! Routing errors and their wire kinds.
 
-use ferrite_protocol::{ErrorInfo, ErrorKind};
+use ferrite_protocol::{ErrorInfo, ErrorKind, InstanceId};
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum RouteError {
@@ -10,6 +10,10 @@ pub enum RouteError {
     /// The model is known but no live (non-excluded) instance serves it now (HTTP 503).
     #[error("no live instance serves model {0:?}")]
     NoInstances(String),
+    /// The request is pinned to an instance that is not a live, non-excluded candidate for
+    /// its model (HTTP 503).
+    #[error("pinned instance {instance} is not a live candidate for model {model:?}")]
+    PinnedUnavailable { model: String, instance: InstanceId },
     /// Every candidate is over its busy threshold (HTTP 503 with the reason).
     #[error("all {candidates} workers of model {model:?} are busy: {reason}")]
     AllBusy {
@@ -24,7 +28,9 @@ impl RouteError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             RouteError::ModelNotFound(_) => ErrorKind::ModelNotFound,
-            RouteError::NoInstances(_) | RouteError::AllBusy { .. } => ErrorKind::Unavailable,
+            RouteError::NoInstances(_)
+            | RouteError::PinnedUnavailable { .. }
+            | RouteError::AllBusy { .. } => ErrorKind::Unavailable,
         }
     }
 

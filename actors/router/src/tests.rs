@@ -213,7 +213,9 @@ fn policy_kind_parses_and_builds() {
         "least_loaded".parse::<PolicyKind>(),
         Ok(PolicyKind::LeastLoaded)
     );
-    assert!("kv".parse::<PolicyKind>().is_err());
+    assert_eq!("kv".parse::<PolicyKind>(), Ok(PolicyKind::Kv));
+    assert_eq!("KV-Aware".parse::<PolicyKind>(), Ok(PolicyKind::Kv));
+    assert!("kv-blind".parse::<PolicyKind>().is_err());
 }
 
 /// A policy that records the hooks it receives (checks the KV seam).
@@ -228,10 +230,11 @@ impl RoutingPolicy for Recording {
     fn choose(&mut self, _: &RouteRequest, c: &[Candidate]) -> Option<(InstanceId, DpRank)> {
         c.last().map(|c| (c.instance_id, c.dp_rank))
     }
-    fn on_kv_events(&mut self, b: &KvEventBatch) {
+    fn on_kv_events(&mut self, b: &KvEventBatch) -> Vec<(InstanceId, DpRank)> {
         if let Ok(mut e) = self.events.lock() {
             e.push(format!("kv {} {}", b.instance_id.0, b.events.len()));
         }
+        Vec::new()
     }
     fn on_instance_down(&mut self, id: InstanceId) {
         if let Ok(mut e) = self.events.lock() {
