@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh Debian machine: installs what is missing (etcd,
-# NATS, protoc), builds the workspace once, checks formatting and lints, runs every test.
+# NATS, protoc, curl, python3 with venv/pip for the `openai` client tests), builds the workspace once, checks formatting and lints, runs every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -8,6 +8,10 @@ need=()
 command -v etcd >/dev/null || need+=(etcd-server)
 command -v nats-server >/dev/null || need+=(nats-server)
 command -v protoc >/dev/null || need+=(protobuf-compiler)
+command -v curl >/dev/null || need+=(curl)
+command -v python3 >/dev/null || need+=(python3)
+python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
+command -v pip3 >/dev/null || need+=(python3-pip)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
@@ -17,6 +21,8 @@ fi
 if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install --locked cargo-nextest
 fi
+# One-shot build: no incremental caches (they double the target folder's size).
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 export FERRITE_TEST_MODELS="${FERRITE_TEST_MODELS:-$(cd .. && pwd)/shared/models}"
 
 cargo fmt --all -- --check

@@ -22,24 +22,23 @@ PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); pr
 "$BIN" frontend --port "$PORT" > "$STATE/frontend.log" 2>&1 & FPID=$!; pids+=($FPID)
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$PORT/health" >/dev/null && break; sleep 0.1; done
 # warm-up
-"$BIN" bench --url "http://127.0.0.1:$PORT" --model stories260k --concurrency 8 --requests 64 --isl "$ISL" --osl "$OSL" >/dev/null
+"$BIN" bench --url "http://127.0.0.1:$PORT" --model stories260k --concurrency 8 --requests 64 --isl "$ISL" --osl "$OSL" --no-progress >/dev/null
 ticks() { awk '{print $14+$15}' "/proc/$FPID/stat"; }
 HZ=$(getconf CLK_TCK)
 T0=$(ticks)
 "$BIN" bench --url "http://127.0.0.1:$PORT" --model stories260k --concurrency "$CONC" --requests "$REQS" \
-  --isl "$ISL" --osl "$OSL" --json "$STATE/bench.json" >/dev/null
+  --isl "$ISL" --osl "$OSL" --no-progress --json "$STATE/bench.json" >/dev/null
 T1=$(ticks)
 python3 - "$STATE/bench.json" "$T0" "$T1" "$HZ" <<'PY'
 import json, sys
-b = json.load(open(sys.argv[1])); t0, t1, hz = map(float, sys.argv[2:5])
+b = json.load(open(sys.argv[1]))["summary"]; t0, t1, hz = map(float, sys.argv[2:5])
 cpu = (t1 - t0) / hz
 print(json.dumps({
-  "requests_per_s": round(b["requests_per_s"], 1),
-  "streamed_tokens_per_s": round(b["output_tokens_per_s"], 1),
-  "ttft_ms_p50": round(b["ttft_ms_p50"], 2), "ttft_ms_p99": round(b["ttft_ms_p99"], 2),
+  "requests_per_s": round(b["request_throughput"], 1),
+  "streamed_tokens_per_s": round(b["output_token_throughput"], 1),
+  "ttft_ms_p50": round(b["ttft_ms"]["p50"], 2), "ttft_ms_p99": round(b["ttft_ms"]["p99"], 2),
   "frontend_cpu_s": round(cpu, 2),
   "frontend_cpu_ms_per_request": round(1e3 * cpu / max(b["requests_ok"], 1), 3),
-  "frontend_cpu_us_per_token": round(1e6 * cpu / max(b["output_tokens"], 1), 1),
-  "requests": b["requests_ok"], "errors": b["errors"], "concurrency": b["concurrency"],
-  "isl": b["isl"], "osl": b["osl"]}, indent=2))
+  "frontend_cpu_us_per_token": round(1e6 * cpu / max(b["completion_tokens"], 1), 1),
+  "requests": b["requests_ok"], "errors": b["requests_failed"], "load": b["load"]}, indent=2))
 PY

@@ -24,6 +24,9 @@ pub struct ClusterSpec {
     pub worker_args: Vec<String>,
     /// Extra arguments of `ferrite frontend`.
     pub frontend_args: Vec<String>,
+    /// Extra arguments of worker `i` (after `worker_args`), e.g. its `--role`; workers
+    /// beyond the list get none.
+    pub per_worker_args: Vec<Vec<String>>,
 }
 
 impl ClusterSpec {
@@ -38,7 +41,15 @@ impl ClusterSpec {
                 speedup.into(),
             ],
             frontend_args: Vec::new(),
+            per_worker_args: Vec::new(),
         }
+    }
+
+    /// `worker_args` then worker `i`'s own arguments.
+    pub fn args_of(&self, i: usize) -> Vec<String> {
+        let mut a = self.worker_args.clone();
+        a.extend(self.per_worker_args.get(i).into_iter().flatten().cloned());
+        a
     }
 }
 
@@ -46,6 +57,8 @@ impl ClusterSpec {
 pub struct Worker {
     pub proc: Option<Proc>,
     pub metrics_port: u16,
+    /// The instance id it printed when it started.
+    pub instance_id: String,
 }
 
 pub struct Cluster {
@@ -74,10 +87,12 @@ impl Cluster {
         let mut workers = Vec::new();
         for i in 0..spec.workers {
             let port = free_port();
-            let proc = spawn_worker(i, &etcd.url(), &nats.url(), port, &spec.worker_args)?;
+            let (proc, instance_id) =
+                spawn_worker(i, &etcd.url(), &nats.url(), port, &spec.args_of(i))?;
             workers.push(Worker {
                 proc: Some(proc),
                 metrics_port: port,
+                instance_id,
             });
         }
         let (etcd_url, nats_url) = (etcd.url(), nats.url());
@@ -132,14 +147,15 @@ impl Cluster {
     /// Starts worker `i` again (after a kill), with the same metrics port.
     pub fn restart_worker(&mut self, i: usize) -> anyhow::Result<()> {
         self.kill_worker(i);
-        let p = spawn_worker(
+        let (p, id) = spawn_worker(
             i,
             &self.etcd.url(),
             &self.nats.url(),
             self.workers[i].metrics_port,
-            &self.spec.worker_args,
+            &self.spec.args_of(i),
         )?;
         self.workers[i].proc = Some(p);
+        self.workers[i].instance_id = id;
         Ok(())
     }
 
@@ -269,7 +285,7 @@ fn spawn_worker(
     nats: &str,
     metrics_port: u16,
     extra: &[String],
-) -> anyhow::Result<Proc> {
+) -> anyhow::Result<(Proc, String)> {
     let port = metrics_port.to_string();
     let mut args: Vec<&str> = vec![
         "worker",
@@ -281,8 +297,15 @@ fn spawn_worker(
         &port,
     ];
     args.extend(extra.iter().map(String::as_str));
-    let (p, _) = Proc::start(&format!("worker{i}"), &args, "serving", START_TIMEOUT)?;
-    Ok(p)
+    // "ferrite worker <id> serving <model>"
+    let (p, line) = Proc::start(&format!("worker{i}"), &args, "serving", START_TIMEOUT)?;
+    let id = line
+        .split_whitespace()
+        .skip_while(|w| *w != "worker")
+        .nth(1)
+        .unwrap_or_default()
+        .to_string();
+    Ok((p, id))
 }
 
 /// The `token_ids` of one streamed choice chunk.

@@ -9,6 +9,8 @@ pub struct SseStream {
     inner: futures::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
     buf: Vec<u8>,
     pub done: bool,
+    /// SSE comment lines seen (keep-alives).
+    pub comments: usize,
 }
 
 impl SseStream {
@@ -33,6 +35,7 @@ impl SseStream {
             inner: resp.bytes_stream().boxed(),
             buf: Vec::new(),
             done: false,
+            comments: 0,
         })
     }
 
@@ -42,6 +45,11 @@ impl SseStream {
             if let Some(pos) = self.buf.windows(2).position(|w| w == b"\n\n") {
                 let ev: Vec<u8> = self.buf.drain(..pos + 2).collect();
                 let text = String::from_utf8(ev).context("SSE event is not UTF-8")?;
+                if text.trim_start().starts_with(':') {
+                    // A comment (keep-alive).
+                    self.comments += 1;
+                    continue;
+                }
                 let data = text
                     .trim()
                     .strip_prefix("data: ")

@@ -30,6 +30,17 @@ struct BlockMeta {
     hash: Option<BlockHash>,
     /// Set while the block is cached (in the LRU).
     lru_tick: Option<u64>,
+    /// Prefix-cache hits since the block was last filled (offload policy).
+    hits: u32,
+}
+
+/// A hashed block evicted from the pool: its bytes are still in the engine's memory until
+/// the next forward pass writes into `block` (see [`BlockPool::record_evictions`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Evicted {
+    pub hash: BlockHash,
+    pub block: BlockId,
+    pub hits: u32,
 }
 
 /// The block pool of one engine (one DP rank).
@@ -42,6 +53,8 @@ pub struct BlockPool {
     events: Vec<KvEvent>,
     next_event_id: u64,
     labels: Vec<Label>,
+    /// `Some` when evictions are recorded for offloading.
+    evictions: Option<Vec<Evicted>>,
 }
 
 impl BlockPool {
@@ -61,6 +74,7 @@ impl BlockPool {
             events: Vec::new(),
             next_event_id: 1,
             labels: Vec::new(),
+            evictions: None,
         };
         pool.publish();
         Ok(pool)
@@ -71,6 +85,27 @@ impl BlockPool {
         self.labels = labels.into_iter().map(|(k, v)| Label::new(k, v)).collect();
         self.publish();
         self
+    }
+
+    /// Records every eviction of a hashed block (for offload tiers); read them with
+    /// [`BlockPool::take_evictions`] before the engine next writes into the pool.
+    pub fn record_evictions(&mut self, on: bool) {
+        self.evictions = on.then(Vec::new);
+    }
+
+    /// Evictions since the last call (empty unless recording).
+    pub fn take_evictions(&mut self) -> Vec<Evicted> {
+        self.evictions
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
+    /// Adds `n` to the hit count of `b` (blocks onboarded from a lower tier keep theirs).
+    pub fn add_hits(&mut self, b: BlockId, n: u32) {
+        if let Some(m) = self.meta.get_mut(b.0 as usize) {
+            m.hits = m.hits.saturating_add(n);
+        }
     }
 
     pub fn block_size(&self) -> u32 {
@@ -124,6 +159,7 @@ impl BlockPool {
         }
         for &b in &hit_blocks {
             self.acquire(b);
+            self.meta[b.0 as usize].hits = self.meta[b.0 as usize].hits.saturating_add(1);
         }
         let mut blocks = hit_blocks;
         let mut evicted = Vec::new();
@@ -362,9 +398,17 @@ impl BlockPool {
         } else if let Some(b) = self.prefix.pop_lru() {
             let meta = &mut self.meta[b.0 as usize];
             meta.lru_tick = None;
+            let hits = std::mem::take(&mut meta.hits);
             if let Some(h) = meta.hash.take() {
                 self.prefix.unregister(&h);
                 evicted.push(h);
+                if let Some(log) = self.evictions.as_mut() {
+                    log.push(Evicted {
+                        hash: h,
+                        block: b,
+                        hits,
+                    });
+                }
             }
             b
         } else {
@@ -374,6 +418,7 @@ impl BlockPool {
             });
         };
         self.meta[b.0 as usize].ref_count = 1;
+        self.meta[b.0 as usize].hits = 0;
         Ok(b)
     }
 
@@ -384,10 +429,7 @@ impl BlockPool {
     }
 
     fn emit(&mut self, data: KvEventData) {
-        self.events.push(KvEvent {
-            event_id: self.next_event_id,
-            data,
-        });
+        self.events.push(KvEvent::device(self.next_event_id, data));
         self.next_event_id += 1;
     }
 

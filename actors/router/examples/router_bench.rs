@@ -73,6 +73,7 @@ fn stored(w: u64, ids: &mut HashMap<u64, Worker>, blocks: Vec<BlockHash>) -> KvE
         dp_rank: DpRank(0),
         block_size: BS as u32,
         events: vec![KvEvent {
+            storage_tier: Default::default(),
             event_id,
             data: KvEventData::Stored {
                 parent: None,
@@ -206,6 +207,7 @@ fn main() {
             dp_rank: DpRank(0),
             block_size: BS as u32,
             events: vec![KvEvent {
+                storage_tier: Default::default(),
                 event_id: wk.next_event,
                 data,
             }],

@@ -83,7 +83,11 @@ impl Handler<Route> for RouterActor {
 impl Handler<RouteWithOverlap> for RouterActor {
     type Result = Result<RouteDecision, RouteError>;
     fn handle(&mut self, msg: RouteWithOverlap, _: &mut Context<Self>) -> Self::Result {
-        self.router.route_with_overlap(&msg.req, &msg.exclude)
+        let started = std::time::Instant::now();
+        let decision = self.router.route_with_overlap(&msg.req, &msg.exclude);
+        metrics::histogram!(ferrite_telemetry::names::ROUTER_DECISION_SECONDS)
+            .record(started.elapsed().as_secs_f64());
+        decision
     }
 }
 

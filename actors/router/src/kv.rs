@@ -4,6 +4,9 @@
 //! Cost per candidate: `overlap_weight × prefill_blocks + decode_blocks`, with
 //! `prefill_blocks = (pending_prefill_tokens + uncached prompt tokens) / block_size` and
 //! `decode_blocks = active_blocks + prompt blocks not cached` (the blocks admission adds).
+//! Blocks a worker holds in an offload tier (G2 host memory, G3 disk) right after its
+//! device-cached prefix count as partly cached: each saves `1 − TierCosts::{host,disk}` of
+//! a block's prefill (it must be copied back first), see [`KvPolicy::cost_tiered`].
 //! Lowest cost wins; ties are broken deterministically (see [`TieBreak`]) so that router
 //! replicas with the same state pick the same worker. With `temperature > 0` the pick is
 //! sampled from softmax(−cost / temperature), seeded by the request id.
@@ -57,6 +60,32 @@ impl Default for KvRouterConfig {
     }
 }
 
+/// What reusing an offloaded block costs, as a fraction of recomputing it (prefilling its
+/// tokens). Defaults: 0.2 for host memory (a PCIe copy of a block takes a fifth or less of
+/// its prefill on an H100), 0.5 for local disk (NVMe reads are several times slower).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TierCosts {
+    pub host: f64,
+    pub disk: f64,
+}
+
+impl Default for TierCosts {
+    fn default() -> Self {
+        Self {
+            host: 0.2,
+            disk: 0.5,
+        }
+    }
+}
+
+impl TierCosts {
+    /// Device-block equivalents of `run` (blocks per tier, see `KvIndex::tier_run`).
+    pub fn effective(&self, run: [u32; 3]) -> f64 {
+        let f = |c: f64| (1.0 - c).clamp(0.0, 1.0);
+        f64::from(run[0]) + f64::from(run[1]) * f(self.host) + f64::from(run[2]) * f(self.disk)
+    }
+}
+
 /// Request hashes at one block size and the index's prefix match for them.
 #[derive(Debug, Default)]
 struct SizeScratch {
@@ -85,9 +114,16 @@ pub struct KvPolicy {
     scored: Vec<Scored>,
     warned_mismatch: HashSet<WorkerKey>,
     mismatches: u64,
+    tier_costs: TierCosts,
 }
 
 impl KvPolicy {
+    /// Sets what offloaded blocks cost (see [`TierCosts`]).
+    pub fn with_tier_costs(mut self, costs: TierCosts) -> Self {
+        self.tier_costs = costs;
+        self
+    }
+
     pub fn new(config: KvRouterConfig) -> Self {
         Self {
             config,
@@ -97,6 +133,7 @@ impl KvPolicy {
             scored: Vec::new(),
             warned_mismatch: HashSet::new(),
             mismatches: 0,
+            tier_costs: TierCosts::default(),
         }
     }
 
@@ -123,13 +160,35 @@ impl KvPolicy {
         prompt_tokens: usize,
         overlap_blocks: u32,
     ) -> f64 {
+        Self::cost_tiered(
+            overlap_weight,
+            load,
+            block_size,
+            prompt_tokens,
+            overlap_blocks,
+            f64::from(overlap_blocks),
+        )
+    }
+
+    /// [`KvPolicy::cost`] with offload tiers: `device_blocks` leading blocks are in the
+    /// worker's pool (admission adds only the rest), `effective_blocks` (≥ it) also counts
+    /// offloaded blocks at their discounted worth ([`TierCosts::effective`]), which is what
+    /// the prefill term saves.
+    pub fn cost_tiered(
+        overlap_weight: f64,
+        load: &WorkerLoad,
+        block_size: u32,
+        prompt_tokens: usize,
+        device_blocks: u32,
+        effective_blocks: f64,
+    ) -> f64 {
         let bs = block_size.max(1) as usize;
-        let cached = (overlap_blocks as usize * bs).min(prompt_tokens);
-        let uncached = prompt_tokens - cached;
-        let prefill_blocks = (f64::from(load.pending_prefill_tokens) + uncached as f64) / bs as f64;
+        let cached = (effective_blocks * bs as f64).clamp(0.0, prompt_tokens as f64);
+        let uncached = prompt_tokens as f64 - cached;
+        let prefill_blocks = (f64::from(load.pending_prefill_tokens) + uncached) / bs as f64;
         let added_blocks = prompt_tokens
             .div_ceil(bs)
-            .saturating_sub(overlap_blocks as usize);
+            .saturating_sub(device_blocks as usize);
         let decode_blocks = f64::from(load.active_blocks) + added_blocks as f64;
         overlap_weight * prefill_blocks + decode_blocks
     }
@@ -192,13 +251,27 @@ impl KvPolicy {
                 }
                 overlap = 0;
             }
-            let cost = Self::cost(
+            let run = match self.size(bs) {
+                Some(s) if overlap > 0 || self.index.worker_lower_blocks(key) > 0 => {
+                    let mismatch = self.index.worker_block_size(key).is_some_and(|b| b != bs);
+                    if mismatch {
+                        [0; 3]
+                    } else {
+                        self.index.tier_run(key, &s.hashes, overlap as usize)
+                    }
+                }
+                _ => [0; 3],
+            };
+            let effective = f64::from(overlap) + self.tier_costs.effective(run);
+            let cost = Self::cost_tiered(
                 self.config.overlap_weight,
                 &c.load,
                 bs,
                 req.token_ids.len(),
-                overlap,
+                overlap + run[0],
+                effective,
             );
+            let overlap = overlap + run[0] + run[1] + run[2];
             let (load, tie) = match self.config.tie_break {
                 TieBreak::PrefixGroup if overlap > 0 => (0, tie_hash(group, key)),
                 TieBreak::RequestHash => (0, tie_hash(req_seed, key)),

@@ -42,6 +42,7 @@ fn stored(id: u64, rank: u32, bs: u32, event_id: u64, blocks: &[BlockHash]) -> K
         dp_rank: DpRank(rank),
         block_size: bs,
         events: vec![KvEvent {
+            storage_tier: Default::default(),
             event_id,
             data: KvEventData::Stored {
                 parent: None,
@@ -272,6 +273,7 @@ fn dumps_instance_lifecycle_and_foreign_batches() {
         dp_rank: DpRank(0),
         block_size: 16,
         events: vec![KvEvent {
+            storage_tier: Default::default(),
             event_id: 10,
             data: KvEventData::Snapshot { blocks: h.clone() },
         }],

@@ -17,7 +17,7 @@ pub use actor::{
     Route, RouteWithOverlap, RouterActor,
 };
 pub use error::{Result, RouteError};
-pub use kv::{KvPolicy, KvRouterConfig, TieBreak};
+pub use kv::{KvPolicy, KvRouterConfig, TieBreak, TierCosts};
 pub use kv_index::{ApplyOutcome, KvIndex, PrefixMatch, WorkerKey};
 pub use least_loaded::LeastLoaded;
 pub use policy::{
@@ -31,5 +31,7 @@ pub use router::{RouteDecision, Router, RouterConfig};
 
 #[cfg(test)]
 mod kv_tests;
+#[cfg(test)]
+mod kv_tier_tests;
 #[cfg(test)]
 mod tests;

@@ -264,6 +264,7 @@ async fn actor_answers_messages_and_forwards_kv_events() {
         dp_rank: DpRank(0),
         block_size: 16,
         events: vec![KvEvent {
+            storage_tier: Default::default(),
             event_id: 1,
             data: KvEventData::Stored {
                 parent: None,

@@ -127,6 +127,27 @@ pub struct KvSnapshot;
 #[rtype(result = "()")]
 pub struct SetEngine(pub Recipient<Forward>);
 
+/// Told by a scheduler to its supervisor: the engine panicked (or its thread is gone). The
+/// failed step's sequences are already requeued; the scheduler runs no step until it gets
+/// a new engine through [`SetEngine`] (or is failed with [`FailAll`]).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct EngineCrashed {
+    pub reason: String,
+}
+
+/// The engine is lost for good: every request ends with this error (e.g. `WorkerLost`, so
+/// that frontends migrate them), and new requests are refused with it.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct FailAll(pub ErrorInfo);
+
+/// Pending KV events followed by a `Snapshot` taking the next event id (see
+/// [`Scheduler::dump_kv_events`]).
+#[derive(Message)]
+#[rtype(result = "Vec<KvEvent>")]
+pub struct DumpKvEvents;
+
 /// Owns a [`Scheduler`] and runs the step loop: while there is work and no step in flight,
 /// schedule a batch, `Forward` it, apply the output, push chunks to each request's channel.
 pub struct SchedulerActor {
@@ -139,6 +160,14 @@ pub struct SchedulerActor {
     consecutive_failures: u32,
     max_consecutive_failures: u32,
     labels: Vec<Label>,
+    /// Told when the engine panics; `None`: failed steps are retried with backoff.
+    supervisor: Option<Recipient<EngineCrashed>>,
+    /// The engine crashed and the supervisor is making a new one: no steps meanwhile.
+    awaiting_engine: bool,
+    /// Set by [`FailAll`]: the error every request gets from now on.
+    failed: Option<ErrorInfo>,
+    /// The engine that copies KV blocks for the offload tiers (offload.rs).
+    pub(crate) kv_engine: Option<Addr<EngineActor>>,
 }
 
 impl SchedulerActor {
@@ -155,7 +184,18 @@ impl SchedulerActor {
             consecutive_failures: 0,
             max_consecutive_failures: Self::DEFAULT_MAX_CONSECUTIVE_FAILURES,
             labels: Vec::new(),
+            supervisor: None,
+            awaiting_engine: false,
+            failed: None,
+            kv_engine: None,
         }
+    }
+
+    /// Reports engine panics to `supervisor` (which replaces the engine with [`SetEngine`])
+    /// instead of retrying the step on the same engine.
+    pub fn with_supervisor(mut self, supervisor: Recipient<EngineCrashed>) -> Self {
+        self.supervisor = Some(supervisor);
+        self
     }
 
     pub fn with_max_consecutive_failures(mut self, n: u32) -> Self {
@@ -164,18 +204,21 @@ impl SchedulerActor {
     }
 
     /// Extra labels (e.g. `instance`, `dp_rank`) on this scheduler's metrics.
+    /// The same labels go on the KV pool's metrics.
     pub fn with_metric_labels(mut self, labels: Vec<(String, String)>) -> Self {
+        self.scheduler = self.scheduler.with_metric_labels(labels.clone());
         self.labels = labels.into_iter().map(|(k, v)| Label::new(k, v)).collect();
         self
     }
 
     fn kick(&mut self, ctx: &mut Context<Self>) {
-        if self.in_flight {
+        if self.in_flight || self.awaiting_engine || self.failed.is_some() {
             return;
         }
         self.cancel_closed_streams();
         let batch = self.scheduler.schedule();
         self.publish();
+        self.dispatch_kv_copies(ctx);
         let Some(batch) = batch else {
             return;
         };
@@ -205,6 +248,19 @@ impl SchedulerActor {
 
     fn step_failed(&mut self, batch: &Batch, err: SchedulerError, ctx: &mut Context<Self>) {
         self.scheduler.on_step_failed(batch);
+        let crashed = matches!(
+            err,
+            SchedulerError::EnginePanicked(_) | SchedulerError::EngineGone(_)
+        );
+        if crashed && let Some(sup) = &self.supervisor {
+            tracing::error!(error = %err, "engine crashed; its sequences are requeued and the supervisor restarts it");
+            self.awaiting_engine = true;
+            sup.do_send(EngineCrashed {
+                reason: err.to_string(),
+            });
+            self.publish();
+            return;
+        }
         self.consecutive_failures += 1;
         tracing::warn!(error = %err, failures = self.consecutive_failures, "engine step failed; requeued for recompute");
         if self.consecutive_failures >= self.max_consecutive_failures {
@@ -286,7 +342,15 @@ impl Handler<Enqueue> for SchedulerActor {
     type Result = Result<(), ErrorInfo>;
 
     fn handle(&mut self, msg: Enqueue, ctx: &mut Self::Context) -> Self::Result {
+        if let Some(info) = &self.failed {
+            return Err(info.clone());
+        }
         let id = msg.req.request_id;
+        // A constraint this engine cannot enforce fails the request alone, up front, not
+        // the engine step it would be batched in.
+        if let Err(e) = ferrite_engine::check_guided(&msg.req.sampling) {
+            return Err(ErrorInfo::invalid("response_format", e.to_string()));
+        }
         self.scheduler.enqueue(msg.req)?;
         self.streams.insert(id, msg.tx);
         self.publish();
@@ -342,6 +406,7 @@ impl Handler<SetEngine> for SchedulerActor {
 
     fn handle(&mut self, msg: SetEngine, ctx: &mut Self::Context) {
         self.engine = msg.0;
+        self.awaiting_engine = false;
         if self.in_flight {
             self.reset_when_idle = true;
         } else {
@@ -349,5 +414,63 @@ impl Handler<SetEngine> for SchedulerActor {
         }
         self.consecutive_failures = 0;
         self.kick(ctx);
+    }
+}
+
+impl Handler<FailAll> for SchedulerActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: FailAll, _: &mut Self::Context) {
+        let ids = self.scheduler.abort_all();
+        tracing::error!(requests = ids.len(), error = %msg.0, "engine lost for good: failing every request");
+        for id in ids {
+            if let Some(tx) = self.streams.remove(&id) {
+                let _ = tx.send(Err(msg.0.clone()));
+            }
+        }
+        // Streams of requests the scheduler no longer knew (e.g. cancelled) just close.
+        self.streams.clear();
+        self.scheduler.set_draining(true);
+        self.failed = Some(msg.0);
+        self.publish();
+    }
+}
+
+impl Handler<DumpKvEvents> for SchedulerActor {
+    type Result = MessageResult<DumpKvEvents>;
+
+    fn handle(&mut self, _: DumpKvEvents, _: &mut Self::Context) -> Self::Result {
+        MessageResult(self.scheduler.dump_kv_events())
+    }
+}
+
+// Hooks for the disaggregation handlers in `remote.rs`.
+impl EngineActor {
+    pub(crate) fn executor_mut(&mut self) -> Option<&mut Box<dyn Executor>> {
+        self.executor.as_mut()
+    }
+}
+
+impl SchedulerActor {
+    pub(crate) fn scheduler_mut(&mut self) -> &mut Scheduler {
+        &mut self.scheduler
+    }
+
+    pub(crate) fn check_failed(&self) -> Result<(), ErrorInfo> {
+        self.failed.clone().map_or(Ok(()), Err)
+    }
+
+    pub(crate) fn add_stream(&mut self, id: RequestId, tx: OutputSender) {
+        self.streams.insert(id, tx);
+        self.publish();
+    }
+
+    pub(crate) fn kick_step(&mut self, ctx: &mut Context<Self>) {
+        self.publish();
+        self.kick(ctx);
+    }
+
+    pub(crate) fn deliver_chunks(&mut self, chunks: Vec<(RequestId, EngineOutput)>) {
+        self.deliver(chunks);
     }
 }

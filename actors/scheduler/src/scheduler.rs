@@ -5,7 +5,9 @@ use crate::config::SchedulerConfig;
 use crate::error::{Result, SchedulerError};
 use crate::sequence::Sequence;
 use ferrite_kv::BlockPool;
-use ferrite_protocol::{BlockHash, ErrorInfo, ErrorKind, KvEvent, PreprocessedRequest, RequestId};
+use ferrite_protocol::{
+    BlockHash, ErrorInfo, ErrorKind, KvEvent, KvEventData, PreprocessedRequest, RequestId,
+};
 use std::collections::{HashMap, VecDeque};
 
 /// Counts a worker reports (see `WorkerLoad`).
@@ -41,6 +43,11 @@ pub struct Scheduler {
     pub(crate) outstanding: bool,
     pub(crate) draining: bool,
     pub(crate) stats: SchedulerStats,
+    /// Id of the next KV event this scheduler hands out (the pool's events are renumbered,
+    /// so that a snapshot can take its place in the same sequence).
+    pub(crate) next_event_id: u64,
+    /// KV offload tiers (offload.rs); `None`: G1 only.
+    pub(crate) tiers: Option<crate::offload::Tiers>,
 }
 
 impl Scheduler {
@@ -56,7 +63,15 @@ impl Scheduler {
             outstanding: false,
             draining: false,
             stats: SchedulerStats::default(),
+            next_event_id: 1,
+            tiers: None,
         })
+    }
+
+    /// Extra labels (e.g. `dp_rank`) on the KV pool's metrics.
+    pub fn with_metric_labels(mut self, labels: Vec<(String, String)>) -> Self {
+        self.pool = self.pool.with_metric_labels(labels);
+        self
     }
 
     pub fn config(&self) -> &SchedulerConfig {
@@ -130,7 +145,12 @@ impl Scheduler {
         if self.waiting.len() >= self.cfg.waiting_queue_limit {
             return Err(ErrorInfo::new(
                 ErrorKind::Overloaded,
-                format!("waiting queue is full ({} requests)", self.waiting.len()),
+                format!(
+                    "overloaded: {} requests are waiting on this worker, its limit is {} \
+                     (--max-waiting); retry later or on another worker",
+                    self.waiting.len(),
+                    self.cfg.waiting_queue_limit
+                ),
             ));
         }
         let id = req.request_id;
@@ -151,6 +171,9 @@ impl Scheduler {
         seq.cancelled = true;
         if let Some(pos) = self.waiting.iter().position(|w| *w == id) {
             self.waiting.remove(pos);
+            self.remove(id);
+        } else if !self.running.contains(&id) {
+            // Held for a KV transfer, or reserved for a remote prefill (remote.rs).
             self.remove(id);
         } else if !self.outstanding {
             self.reap_cancelled();
@@ -201,7 +224,29 @@ impl Scheduler {
 
     /// KV events since the last call (monotonic `event_id` from 1).
     pub fn take_kv_events(&mut self) -> Vec<KvEvent> {
-        self.pool.take_events()
+        let mut events = self.pool.take_events();
+        for e in &mut events {
+            e.event_id = self.next_event_id;
+            self.next_event_id += 1;
+        }
+        self.append_tier_events(&mut events);
+        events
+    }
+
+    /// Answers a dump request: the pending events, then a `Snapshot` of every hashed block
+    /// that takes the next event id (so a reader that resets its baseline to the snapshot's
+    /// id continues with the events after it, without a gap).
+    pub fn dump_kv_events(&mut self) -> Vec<KvEvent> {
+        let mut events = self.take_kv_events();
+        events.push(KvEvent::device(
+            self.next_event_id,
+            KvEventData::Snapshot {
+                blocks: self.pool.snapshot(),
+            },
+        ));
+        self.next_event_id += 1;
+        self.append_tier_snapshot(&mut events);
+        events
     }
 
     /// Every cached or active hashed block, for `KvEventData::Snapshot`.
@@ -219,6 +264,7 @@ impl Scheduler {
     pub fn abort_all(&mut self) -> Vec<RequestId> {
         let mut ids: Vec<RequestId> = self.running.clone();
         ids.extend(self.waiting.drain(..));
+        ids.extend(self.parked());
         let live: Vec<RequestId> = ids
             .iter()
             .copied()

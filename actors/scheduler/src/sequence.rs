@@ -30,6 +30,8 @@ pub(crate) struct Sequence {
     pub cached_tokens: Option<u32>,
     pub sent_first: bool,
     pub cancelled: bool,
+    /// Disaggregated serving state (see `remote.rs`).
+    pub disagg: crate::remote::Disagg,
 }
 
 impl Sequence {
@@ -49,6 +51,7 @@ impl Sequence {
             cached_tokens: None,
             sent_first: false,
             cancelled: false,
+            disagg: crate::remote::Disagg::None,
         }
     }
 

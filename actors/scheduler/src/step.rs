@@ -15,6 +15,7 @@ impl Scheduler {
             return None;
         }
         self.reap_cancelled();
+        self.discard_stray_evictions();
         let mut budget = self.cfg.max_batched_tokens;
         let mut seqs = Vec::new();
         self.schedule_decodes(&mut budget, &mut seqs);
@@ -76,7 +77,7 @@ impl Scheduler {
             let Some(seq) = self.seqs.get(&id) else {
                 continue;
             };
-            if seq.prefill_done {
+            if seq.prefill_done || self.is_onboarding(&id) {
                 continue;
             }
             let n = seq.pending().min(*budget).min(self.cfg.max_prefill_chunk);
@@ -101,7 +102,8 @@ impl Scheduler {
             // Always compute the last token so there are logits to sample.
             let reusable = (seq.tokens.len() - 1) / bs;
             let hashes = &seq.hashes[..reusable.min(seq.hashes.len())];
-            match self.pool.allocate_prompt(hashes, seq.tokens.len()) {
+            let (g1, lower) = crate::offload::split_match(&self.pool, self.tiers.as_ref(), hashes);
+            match self.pool.allocate_prompt(&hashes[..g1], seq.tokens.len()) {
                 Ok(blocks) => {
                     let hit_tokens = blocks.num_cached_blocks() * bs;
                     seq.num_computed = hit_tokens;
@@ -114,6 +116,9 @@ impl Scheduler {
                     let n = seq.pending().min(*budget).min(self.cfg.max_prefill_chunk);
                     self.waiting.pop_front();
                     self.running.push(id);
+                    if self.begin_onboard(id, g1, lower) {
+                        continue; // runs once its blocks are copied back (offload.rs)
+                    }
                     if let Some(input) = self.input_for(id, n) {
                         *budget -= n;
                         out.push(input);
@@ -208,7 +213,7 @@ impl Scheduler {
                 },
             ));
             if finish.is_some() {
-                self.remove(id);
+                self.finish_seq(id);
             }
         }
         self.reap_cancelled();

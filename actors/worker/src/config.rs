@@ -1,6 +1,7 @@
 //! Settings of one aggregated worker.
 
 use ferrite_protocol::{InstanceId, WorkerRole};
+use ferrite_scheduler::RestartPolicy;
 use std::time::Duration;
 
 #[derive(Clone, Debug)]
@@ -21,8 +22,14 @@ pub struct WorkerConfig {
     pub max_num_seqs: usize,
     /// Token budget of one step (chunked prefill beyond it).
     pub max_batched_tokens: usize,
-    /// Waiting requests beyond this are refused with 429.
+    /// Waiting requests (per rank) beyond this are refused with 429.
     pub max_waiting: usize,
+    /// Attention data-parallel ranks: each its own scheduler, KV pool and engine.
+    pub dp_size: u32,
+    /// Engine restarts tolerated per rank before the worker gives up (crash loop).
+    pub restart_policy: RestartPolicy,
+    /// Prefill/decode settings (used when `role` is not `Agg`).
+    pub disagg: crate::disagg::DisaggConfig,
 }
 
 impl WorkerConfig {
@@ -39,6 +46,9 @@ impl WorkerConfig {
             max_num_seqs: 256,
             max_batched_tokens: 2048,
             max_waiting: 1024,
+            dp_size: 1,
+            restart_policy: RestartPolicy::default(),
+            disagg: crate::disagg::DisaggConfig::default(),
         }
     }
 }

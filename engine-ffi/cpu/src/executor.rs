@@ -6,7 +6,10 @@ use crate::error::{CpuError, Result};
 use crate::matmul::{Input, matmul};
 use crate::model::{Weights, add_bias, rms_norm, rms_norm_inplace, rope, swiglu};
 use crate::{gguf, safetensors};
-use ferrite_engine::{Batch, BatchOutput, Executor, ExecutorInfo, KvCacheSpec, SeqOutput, sampler};
+use ferrite_engine::{
+    Batch, BatchOutput, Executor, ExecutorInfo, KvBlockLayout, KvCacheSpec, SeqOutput, sampler,
+};
+use ferrite_protocol::BlockId;
 use std::path::Path;
 
 /// Construction options of the CPU backend.
@@ -315,14 +318,34 @@ impl Executor for CpuExecutor {
         let outputs = sampled
             .zip(logits)
             .map(|(s, mut l)| {
-                let (token, logprob) = sampler::sample(&mut l, &s.sampling, s.next_position());
-                SeqOutput {
+                let (token, logprob) =
+                    sampler::try_sample(&mut l, &s.sampling, s.next_position())?;
+                Ok(SeqOutput {
                     request_id: s.request_id,
                     token,
                     logprob,
-                }
+                })
             })
-            .collect();
+            .collect::<ferrite_engine::Result<Vec<_>>>()?;
         Ok(BatchOutput { outputs })
+    }
+
+    fn kv_block_layout(&self) -> Option<KvBlockLayout> {
+        Some(KvBlockLayout {
+            num_layers: self.cfg.layers as u32,
+            num_kv_heads: self.cfg.kv_heads as u32,
+            head_dim: self.cfg.head_dim as u32,
+            block_size: self.cache.block_size as u32,
+            dtype: "f32".to_string(),
+            bytes_per_block: self.cache.bytes_per_block(),
+        })
+    }
+
+    fn read_kv_blocks(&mut self, blocks: &[BlockId], out: &mut [u8]) -> ferrite_engine::Result<()> {
+        Ok(self.cache.read_blocks(blocks, out)?)
+    }
+
+    fn write_kv_blocks(&mut self, blocks: &[BlockId], data: &[u8]) -> ferrite_engine::Result<()> {
+        Ok(self.cache.write_blocks(blocks, data)?)
     }
 }

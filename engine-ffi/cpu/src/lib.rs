@@ -6,6 +6,7 @@ pub mod config;
 mod error;
 mod executor;
 mod gguf;
+mod kv_copy;
 pub mod matmul;
 mod model;
 mod safetensors;

@@ -1,7 +1,8 @@
 //! The `Executor` trait: the one seam between the scheduler and a forward pass.
 
 use crate::batch::{Batch, BatchOutput, ExecutorInfo};
-use crate::error::Result;
+use crate::error::{EngineError, Result};
+use ferrite_protocol::BlockId;
 
 /// A backend that runs forward passes over a paged KV cache and samples the next tokens.
 ///
@@ -27,4 +28,48 @@ use crate::error::Result;
 pub trait Executor: Send + 'static {
     fn info(&self) -> ExecutorInfo;
     fn forward(&mut self, batch: &Batch) -> Result<BatchOutput>;
+
+    /// How one KV block is laid out in bytes, for backends whose cache contents can be
+    /// copied out and in (offload tiers, KV transfer between workers). `None`: the backend
+    /// has no copyable cache (the mocker).
+    fn kv_block_layout(&self) -> Option<KvBlockLayout> {
+        None
+    }
+
+    /// Copies the K and V of `blocks` (all layers) into `out`, block after block, each
+    /// `kv_block_layout().bytes_per_block` bytes.
+    fn read_kv_blocks(&mut self, _blocks: &[BlockId], _out: &mut [u8]) -> Result<()> {
+        Err(EngineError::Backend(
+            "this backend cannot copy KV blocks out".into(),
+        ))
+    }
+
+    /// Writes `data` (as produced by [`Executor::read_kv_blocks`] of an engine with the
+    /// same layout) into `blocks`.
+    fn write_kv_blocks(&mut self, _blocks: &[BlockId], _data: &[u8]) -> Result<()> {
+        Err(EngineError::Backend(
+            "this backend cannot copy KV blocks in".into(),
+        ))
+    }
 }
+
+/// The byte layout of one KV block; two engines can exchange blocks only when their
+/// layouts are equal.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct KvBlockLayout {
+    pub num_layers: u32,
+    pub num_kv_heads: u32,
+    pub head_dim: u32,
+    pub block_size: u32,
+    /// Element type of the cache: "f32", "bf16", "f16".
+    pub dtype: String,
+    /// Bytes of one block, all layers, K and V.
+    pub bytes_per_block: usize,
+}
+
+/// Makes a fresh executor for one attention data-parallel rank: at start, and again by the
+/// engine supervisor after a crash. Shared by every rank and restart, so it must be
+/// `Send + Sync`; it may block (weights are loaded here).
+pub type ExecutorFactory = std::sync::Arc<
+    dyn Fn(ferrite_protocol::DpRank) -> Result<Box<dyn Executor>> + Send + Sync + 'static,
+>;

@@ -4,6 +4,7 @@
 pub mod batch;
 pub mod error;
 pub mod executor;
+pub mod fault;
 pub mod logits;
 pub mod sampler;
 mod topk;
@@ -12,9 +13,11 @@ pub use batch::{
     Batch, BatchOutput, ExecutorInfo, KvCacheSpec, SamplingContext, SeqInput, SeqOutput, slot_for,
 };
 pub use error::{EngineError, Result};
-pub use executor::Executor;
+pub use executor::{Executor, ExecutorFactory, KvBlockLayout};
+pub use fault::{FaultInjector, FaultPlan};
 pub use logits::{
-    AllowedTokens, BanTokens, LogitBias, LogitsProcessor, LogitsProcessorRegistry, NoRepeatNgram,
-    ProcessorContext, global_registry, register_logits_processor, validate_logits_processors,
+    AllowedTokens, BanTokens, GuidedProvider, LogitBias, LogitsProcessor, LogitsProcessorRegistry,
+    NoRepeatNgram, ProcessorContext, check_guided, global_registry, guided_provider,
+    register_logits_processor, set_guided_provider, validate_logits_processors,
 };
-pub use sampler::{SamplerScratch, sample, sample_with};
+pub use sampler::{SamplerScratch, sample, sample_with, try_sample, try_sample_with};

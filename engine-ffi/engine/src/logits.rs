@@ -8,7 +8,7 @@
 //! own name, e.g. for constrained choice).
 
 use crate::error::{EngineError, Result};
-use ferrite_protocol::{SamplingParams, TokenId};
+use ferrite_protocol::{GuidedDecoding, SamplingParams, TokenId};
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock, RwLock};
 
@@ -238,6 +238,66 @@ pub fn validate_logits_processors(names: &[String]) -> Result<()> {
         .validate(names)
 }
 
+/// Enforces [`SamplingParams::guided`] (structured output) over a model's vocabulary.
+///
+/// Installed once per process by the worker (`ferrite_structured::install`); the sampler
+/// calls it right after the named logits processors whenever `params.guided` is set. Like a
+/// [`LogitsProcessor`] it is stateless across steps as far as the caller can tell: the
+/// grammar state is a function of `(spec, ctx.generated)`, so preemption and migration
+/// rebuild it from the tokens (an internal cache keyed by token prefix is allowed).
+pub trait GuidedProvider: Send + Sync {
+    /// Sets to -inf every logit whose token would take the output out of `spec` after
+    /// `ctx.generated` (ids past the tokenizer's vocabulary included). EOS stays allowed
+    /// only where the output is complete. An `Err` fails the step: the spec does not
+    /// compile, or the generated tokens already left the language.
+    fn apply(
+        &self,
+        spec: &GuidedDecoding,
+        ctx: &ProcessorContext,
+        logits: &mut [f32],
+    ) -> Result<()>;
+}
+
+static GUIDED: OnceLock<RwLock<Option<Arc<dyn GuidedProvider>>>> = OnceLock::new();
+
+fn guided_slot() -> &'static RwLock<Option<Arc<dyn GuidedProvider>>> {
+    GUIDED.get_or_init(|| RwLock::new(None))
+}
+
+/// Installs the process-wide guided-decoding provider (replacing any earlier one).
+pub fn set_guided_provider(p: Arc<dyn GuidedProvider>) {
+    let mut g = guided_slot()
+        .write()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    *g = Some(p);
+}
+
+/// The installed guided-decoding provider, if any.
+pub fn guided_provider() -> Option<Arc<dyn GuidedProvider>> {
+    guided_slot()
+        .read()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .clone()
+}
+
+/// The error a step gets when a request asks for structured output and this process has
+/// no provider installed.
+pub fn no_guided_provider_error() -> EngineError {
+    EngineError::InvalidBatch(
+        "structured output (guided decoding) was requested but this worker has no \
+         guided-decoding provider installed (ferrite_structured::install was not called)"
+            .into(),
+    )
+}
+
+/// Admission check: `Err` when `params.guided` is set and no provider is installed.
+pub fn check_guided(params: &SamplingParams) -> Result<()> {
+    if params.guided.is_some() && guided_provider().is_none() {
+        return Err(no_guided_provider_error());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -304,6 +364,27 @@ mod tests {
                 assert_eq!(*v, f32::NEG_INFINITY);
             }
         }
+    }
+
+    #[test]
+    fn guided_without_provider_fails_the_step() {
+        // No provider is installed in this test binary.
+        let p = SamplingParams {
+            guided: Some(GuidedDecoding::Regex("a+".into())),
+            ..SamplingParams::default()
+        };
+        let err = check_guided(&p).map(|_| ()).map_err(|e| e.to_string());
+        assert!(err.is_err_and(|e| e.contains("no guided-decoding provider")));
+        assert!(check_guided(&SamplingParams::default()).is_ok());
+        let ctx = crate::SamplingContext {
+            params: Arc::new(p),
+            history: Some(Arc::from(&[1u32, 2][..])),
+            prompt_len: 2,
+            ..Default::default()
+        };
+        let mut l = vec![0.0f32, 1.0, 2.0];
+        let r = crate::sampler::try_sample(&mut l, &ctx, 2);
+        assert!(r.is_err_and(|e| e.to_string().contains("no guided-decoding provider")));
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! Order of operations (vLLM/HF): logit bias → banned tokens (-inf) → repetition penalty
 //! (HF: over prompt + generated history, positive logits divided, negative multiplied) →
 //! frequency/presence penalties (OpenAI: over generated tokens only) → registered logits
-//! processors named by the request → temperature. Greedy when `temperature <= 0` (ties go to
+//! processors named by the request → structured output (`params.guided`, through the
+//! installed [`GuidedProvider`]) → temperature. Greedy when `temperature <= 0` (ties go to
 //! the lowest id); otherwise top-k → top-p (nucleus, renormalised over the top-k set) →
 //! min-p (relative to the most likely token) → one random draw.
 //!
@@ -16,11 +17,17 @@
 //! *raw model distribution*, `log_softmax` of the logits as the model produced them, before
 //! bias, penalties, processors and temperature. The chosen token's logprob is given even
 //! when it is not among the top `k` alternatives (listed best first, ties by lower id).
+//!
+//! Failure: only structured output can fail a step (no provider installed, a spec that does
+//! not compile, generated tokens outside the language). [`try_sample`] returns that as an
+//! `Err`; the infallible [`sample`] / [`sample_with`] / [`process_logits`] panic with the
+//! same message, which the engine actor turns into a failed step.
 
 use crate::batch::SamplingContext;
+use crate::error::Result;
 use crate::logits::{
-    BanTokens, LogitBias, LogitsProcessor, LogitsProcessorRegistry, ProcessorContext,
-    global_registry,
+    BanTokens, GuidedProvider, LogitBias, LogitsProcessor, LogitsProcessorRegistry,
+    ProcessorContext, global_registry, guided_provider, no_guided_provider_error,
 };
 use crate::topk::{Selector, key};
 use ferrite_protocol::{TokenId, TokenLogprob};
@@ -48,11 +55,26 @@ thread_local! {
 ///
 /// Penalties and history-based processors see `ctx.history`; when it is `None` they act as
 /// if nothing was generated yet. An empty `logits` slice yields token 0.
+///
+/// # Panics
+/// When structured output fails (see the module docs); use [`try_sample`] to get an `Err`.
 pub fn sample(
     logits: &mut [f32],
     ctx: &SamplingContext,
     position: u32,
 ) -> (TokenId, Option<TokenLogprob>) {
+    match try_sample(logits, ctx, position) {
+        Ok(r) => r,
+        Err(e) => panic!("sampling failed: {e}"),
+    }
+}
+
+/// [`sample`] that returns structured-output failures as an `Err` (the step should fail).
+pub fn try_sample(
+    logits: &mut [f32],
+    ctx: &SamplingContext,
+    position: u32,
+) -> Result<(TokenId, Option<TokenLogprob>)> {
     SCRATCH.with(|cell| match cell.try_borrow_mut() {
         Ok(mut scratch) => sample_global(logits, ctx, position, &mut scratch),
         Err(_) => sample_global(logits, ctx, position, &mut SamplerScratch::default()),
@@ -64,15 +86,27 @@ fn sample_global(
     ctx: &SamplingContext,
     position: u32,
     scratch: &mut SamplerScratch,
-) -> (TokenId, Option<TokenLogprob>) {
+) -> Result<(TokenId, Option<TokenLogprob>)> {
+    let guided = guided_for(ctx)?;
+    let guided = guided.as_deref();
     if ctx.params.logits_processors.is_empty() {
-        sample_with(logits, ctx, position, &EMPTY, scratch)
+        try_sample_with(logits, ctx, position, &EMPTY, guided, scratch)
     } else {
         let reg = global_registry()
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        sample_with(logits, ctx, position, &reg, scratch)
+        try_sample_with(logits, ctx, position, &reg, guided, scratch)
     }
+}
+
+/// The installed provider when the request asks for structured output; `Err` if none is.
+fn guided_for(ctx: &SamplingContext) -> Result<Option<std::sync::Arc<dyn GuidedProvider>>> {
+    if ctx.params.guided.is_none() {
+        return Ok(None);
+    }
+    guided_provider()
+        .map(Some)
+        .ok_or_else(no_guided_provider_error)
 }
 
 /// Temperatures below this sample greedily.
@@ -81,7 +115,11 @@ pub const MIN_TEMPERATURE: f32 = 1e-5;
 static EMPTY: std::sync::LazyLock<LogitsProcessorRegistry> =
     std::sync::LazyLock::new(LogitsProcessorRegistry::new);
 
-/// [`sample`] with an explicit registry and scratch.
+/// [`sample`] with an explicit registry and scratch (structured output through the
+/// globally installed provider).
+///
+/// # Panics
+/// When structured output fails (see the module docs).
 pub fn sample_with(
     logits: &mut [f32],
     ctx: &SamplingContext,
@@ -89,15 +127,34 @@ pub fn sample_with(
     registry: &LogitsProcessorRegistry,
     scratch: &mut SamplerScratch,
 ) -> (TokenId, Option<TokenLogprob>) {
+    let result = guided_for(ctx).and_then(|guided| {
+        try_sample_with(logits, ctx, position, registry, guided.as_deref(), scratch)
+    });
+    match result {
+        Ok(r) => r,
+        Err(e) => panic!("sampling failed: {e}"),
+    }
+}
+
+/// [`sample`] with an explicit registry, guided-decoding provider and scratch. `guided` is
+/// used only when `ctx.params.guided` is set; then `None` is an error.
+pub fn try_sample_with(
+    logits: &mut [f32],
+    ctx: &SamplingContext,
+    position: u32,
+    registry: &LogitsProcessorRegistry,
+    guided: Option<&dyn GuidedProvider>,
+    scratch: &mut SamplerScratch,
+) -> Result<(TokenId, Option<TokenLogprob>)> {
     if logits.is_empty() {
-        return (0, None);
+        return Ok((0, None));
     }
     let params = &*ctx.params;
     if params.logprobs.is_some() {
         scratch.raw.clear();
         scratch.raw.extend_from_slice(logits);
     }
-    process_logits(logits, ctx, position, registry, scratch);
+    try_process_logits(logits, ctx, position, registry, guided, scratch)?;
 
     // Like vLLM, temperatures below 1e-5 are greedy (and would overflow the scaled logits).
     let token = if params.is_greedy() || params.temperature < MIN_TEMPERATURE {
@@ -123,10 +180,14 @@ pub fn sample_with(
         let SamplerScratch { raw, sel, .. } = scratch;
         raw_logprobs(raw, token, k as usize, sel)
     });
-    (token as TokenId, logprob)
+    Ok((token as TokenId, logprob))
 }
 
-/// Everything before temperature: bias, bans, penalties, named processors.
+/// Everything before temperature: bias, bans, penalties, named processors, structured
+/// output (through the globally installed provider).
+///
+/// # Panics
+/// When structured output fails (see the module docs).
 pub fn process_logits(
     logits: &mut [f32],
     ctx: &SamplingContext,
@@ -134,6 +195,24 @@ pub fn process_logits(
     registry: &LogitsProcessorRegistry,
     scratch: &mut SamplerScratch,
 ) {
+    let result = guided_for(ctx).and_then(|guided| {
+        try_process_logits(logits, ctx, position, registry, guided.as_deref(), scratch)
+    });
+    if let Err(e) = result {
+        panic!("sampling failed: {e}");
+    }
+}
+
+/// [`process_logits`] with an explicit guided-decoding provider; structured-output failures
+/// (including `params.guided` set with `guided == None`) are an `Err`.
+pub fn try_process_logits(
+    logits: &mut [f32],
+    ctx: &SamplingContext,
+    position: u32,
+    registry: &LogitsProcessorRegistry,
+    guided: Option<&dyn GuidedProvider>,
+    scratch: &mut SamplerScratch,
+) -> Result<()> {
     let params = &*ctx.params;
     let history: &[TokenId] = ctx.history.as_deref().unwrap_or(&[]);
     let plen = (ctx.prompt_len as usize).min(history.len());
@@ -183,6 +262,12 @@ pub fn process_logits(
             None => tracing::warn!(processor = %name, "unknown logits processor skipped"),
         }
     }
+    if let Some(spec) = &params.guided {
+        guided
+            .ok_or_else(no_guided_provider_error)?
+            .apply(spec, &pctx, logits)?;
+    }
+    Ok(())
 }
 
 fn sorted_tokens(src: &[TokenId], dst: &mut Vec<u32>) {

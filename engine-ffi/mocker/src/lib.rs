@@ -2,6 +2,7 @@
 //! model in place of the forward pass, so the real scheduler and KV block manager run
 //! unchanged; its output tokens are a pure function of `(seed, position)`.
 
+mod copy;
 pub mod timing;
 
 use ferrite_engine::{
@@ -22,6 +23,16 @@ pub struct MockerConfig {
     pub max_context: u32,
     /// Simulated time is divided by this.
     pub speedup: f64,
+    /// Bytes of one KV block as the mocker reports and copies them, for offload tiers and
+    /// KV transfer (0, the default: no copyable cache). The mocker holds no cache: reads
+    /// return zeros. Keep it small; the time a copy takes comes from
+    /// `kv_sim_bytes_per_block`.
+    pub kv_bytes_per_block: usize,
+    /// Bytes one block would have on the simulated GPU (0: `kv_bytes_per_block`); every
+    /// copy of `n` blocks takes `n × this / kv_copy_gbps` of simulated time.
+    pub kv_sim_bytes_per_block: usize,
+    /// Simulated device↔host copy bandwidth in GB/s (PCIe Gen5 x16 ≈ 25 effective).
+    pub kv_copy_gbps: f64,
 }
 
 impl Default for MockerConfig {
@@ -35,6 +46,9 @@ impl Default for MockerConfig {
             token_range: 259..512,
             max_context: 8192,
             speedup: 1.0,
+            kv_bytes_per_block: 0,
+            kv_sim_bytes_per_block: 0,
+            kv_copy_gbps: 25.0,
         }
     }
 }
@@ -74,6 +88,24 @@ pub fn mock_token(seed: u64, position: u32, range: &Range<TokenId>) -> TokenId {
 }
 
 impl Executor for MockerExecutor {
+    fn kv_block_layout(&self) -> Option<ferrite_engine::KvBlockLayout> {
+        copy::layout(&self.cfg)
+    }
+
+    fn read_kv_blocks(
+        &mut self,
+        blocks: &[ferrite_protocol::BlockId],
+        out: &mut [u8],
+    ) -> Result<()> {
+        copy::simulate(&self.cfg, blocks, out.len())?;
+        out.fill(0);
+        Ok(())
+    }
+
+    fn write_kv_blocks(&mut self, blocks: &[ferrite_protocol::BlockId], data: &[u8]) -> Result<()> {
+        copy::simulate(&self.cfg, blocks, data.len())
+    }
+
     fn info(&self) -> ExecutorInfo {
         ExecutorInfo {
             name: "mocker (simulated engine)".into(),

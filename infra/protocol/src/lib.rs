@@ -2,6 +2,7 @@
 //! discovery records, ids, error kinds) and the block-hash function. A leaf: no I/O.
 
 pub mod codec;
+pub mod disagg;
 pub mod discovery;
 pub mod error;
 pub mod hashing;
@@ -11,10 +12,11 @@ pub mod openai;
 pub mod request;
 pub mod stream;
 
+pub use disagg::{KvLayout, PrefillDone, RemotePrefill};
 pub use discovery::{InstanceRecord, ModelRecord, TransferInfo, WorkerRole, names};
 pub use error::{ErrorInfo, ErrorKind};
 pub use ids::{BlockHash, BlockId, DpRank, InstanceId, RequestId, TokenId};
-pub use kv::{KvEvent, KvEventBatch, KvEventData, WorkerLoad};
+pub use kv::{KvEvent, KvEventBatch, KvEventData, StorageTier, WorkerLoad};
 pub use request::{
     EngineOutput, FinishReason, GuidedDecoding, PreprocessedRequest, SamplingParams,
     StopConditions, TokenLogprob,

@@ -59,6 +59,12 @@ pub struct CommonParams {
     /// Include the stop string in the output.
     #[serde(default)]
     pub include_stop_str_in_output: bool,
+    /// Structured output (vLLM extension): the output is JSON matching this JSON Schema.
+    pub guided_json: Option<Value>,
+    /// Structured output (vLLM extension): the whole output matches this regular expression.
+    pub guided_regex: Option<String>,
+    /// Structured output (vLLM extension): the output is exactly one of these strings.
+    pub guided_choice: Option<Vec<String>>,
 }
 
 /// One part of a multi-part message content.
@@ -153,9 +159,11 @@ pub struct CompletionRequest {
     #[serde(default)]
     pub echo: bool,
     pub suffix: Option<String>,
-    /// Number of top logprobs per token (0..=20).
+    /// Number of top logprobs per token (0..=5).
     pub logprobs: Option<u32>,
     pub best_of: Option<u32>,
+    /// `{"type": "text" | "json_object" | "json_schema", ...}` as on chat (vLLM extension).
+    pub response_format: Option<Value>,
     #[serde(flatten)]
     pub common: CommonParams,
     /// Fields no part of Ferrite knows; a non-empty map is a 400 naming them
@@ -207,10 +215,47 @@ pub struct CompletionLogprobs {
     pub text_offset: Vec<u32>,
 }
 
+/// The function a tool call invokes; `arguments` is a JSON text, as OpenAI sends it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunctionCall {
+    pub name: String,
+    pub arguments: String,
+}
+
+/// One tool call of an assistant message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolCall {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub function: FunctionCall,
+}
+
+/// A streamed piece of a tool call (`delta.tool_calls[]`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolCallDelta {
+    pub index: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    pub function: FunctionCallDelta,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunctionCallDelta {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arguments: Option<String>,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AssistantMessage {
     pub role: String,
     pub content: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCall>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -241,6 +286,8 @@ pub struct ChatDelta {
     pub role: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCallDelta>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -358,5 +405,30 @@ mod tests {
         assert_eq!(t.prompt, PromptField::Tokens(vec![1, 2, 3]));
         let s: CompletionRequest = serde_json::from_str(r#"{"model":"m","prompt":"x"}"#).unwrap();
         assert_eq!(s.prompt, PromptField::Text("x".into()));
+    }
+
+    #[test]
+    fn tool_calls_and_guided_fields_serialize_as_openai_and_vllm_spell_them() {
+        let call = ToolCall {
+            id: "call_1".into(),
+            kind: "function".into(),
+            function: FunctionCall {
+                name: "f".into(),
+                arguments: "{}".into(),
+            },
+        };
+        let v = serde_json::to_value(&call).unwrap();
+        assert_eq!(v["type"], "function");
+        assert_eq!(v["function"]["arguments"], "{}");
+        let d = serde_json::to_value(ChatDelta::default()).unwrap();
+        assert_eq!(d, serde_json::json!({}));
+        let r: ChatCompletionRequest = serde_json::from_str(
+            r#"{"model":"m","messages":[],"guided_regex":"a+","guided_choice":["x"],"guided_json":{"type":"object"}}"#,
+        )
+        .unwrap();
+        assert!(r.unknown.is_empty());
+        assert_eq!(r.common.guided_regex.as_deref(), Some("a+"));
+        assert_eq!(r.common.guided_choice, Some(vec!["x".to_string()]));
+        assert_eq!(r.common.guided_json.unwrap()["type"], "object");
     }
 }

@@ -32,6 +32,11 @@ static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 const SECONDS_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
+/// Router decisions take microseconds.
+const DECISION_BUCKETS: &[f64] = &[
+    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.0025, 0.005, 0.01,
+    0.025, 0.1,
+];
 const TOKEN_BUCKETS: &[f64] = &[
     1.0, 8.0, 32.0, 128.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0, 32768.0,
 ];
@@ -44,9 +49,15 @@ pub fn prometheus() -> Result<PrometheusHandle> {
     }
     let builder = PrometheusBuilder::new()
         .set_buckets_for_metric(
-            metrics_exporter_prometheus::Matcher::Suffix("_seconds".into()),
-            SECONDS_BUCKETS,
+            metrics_exporter_prometheus::Matcher::Prefix("ferrite_router_".into()),
+            DECISION_BUCKETS,
         )
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                metrics_exporter_prometheus::Matcher::Suffix("_seconds".into()),
+                SECONDS_BUCKETS,
+            )
+        })
         .and_then(|b| {
             b.set_buckets_for_metric(
                 metrics_exporter_prometheus::Matcher::Suffix("_tokens".into()),

@@ -71,12 +71,42 @@ pub struct ModelArgs {
     /// Most sequences batched in one step.
     #[arg(long, default_value_t = 256, env = "FERRITE_MAX_NUM_SEQS")]
     pub max_num_seqs: usize,
-    /// Host-memory KV cache tier in GiB (not yet implemented: must be 0).
+    /// Host-memory KV cache tier (G2) per worker, in GiB: blocks evicted from the engine's
+    /// pool are kept here and copied back when a prompt reuses them (docs/kvbm.md).
     #[arg(long, default_value_t = 0.0, env = "FERRITE_KV_HOST_CACHE_GB")]
     pub kv_host_cache_gb: f64,
-    /// Disk KV cache tier in GiB (not yet implemented: must be 0).
+    /// Disk KV cache tier (G3) per worker, in GiB: blocks evicted from the host tier go to
+    /// one preallocated file in --kv-disk-cache-dir (wiped at start).
     #[arg(long, default_value_t = 0.0, env = "FERRITE_KV_DISK_CACHE_GB")]
     pub kv_disk_cache_gb: f64,
+    /// Folder of the disk KV tier's files (default: $TMPDIR/ferrite-kvbm).
+    #[arg(long, env = "FERRITE_KV_DISK_CACHE_DIR")]
+    pub kv_disk_cache_dir: Option<PathBuf>,
+    /// A block leaves the host tier for the disk tier only if it was reused at least this
+    /// many times (0: always).
+    #[arg(long, default_value_t = 0, env = "FERRITE_KV_OFFLOAD_MIN_HITS")]
+    pub kv_offload_min_hits: u32,
+    /// Requests waiting per worker (per dp rank) beyond which new ones are refused with 429.
+    #[arg(long, default_value_t = 1024, env = "FERRITE_MAX_WAITING")]
+    pub max_waiting: usize,
+    /// Engine restarts after a crash tolerated within --engine-restart-window; one more
+    /// crash is a crash loop: the worker leaves discovery and hands its requests to
+    /// migration (the process stays up, serving nothing, for the operator to look).
+    #[arg(long, default_value_t = 3, env = "FERRITE_MAX_ENGINE_RESTARTS")]
+    pub max_engine_restarts: u32,
+    /// Seconds over which engine restarts are counted (see --max-engine-restarts).
+    #[arg(long, default_value_t = 60, env = "FERRITE_ENGINE_RESTART_WINDOW")]
+    pub engine_restart_window: u64,
+    /// Testing aid: every executor panics at its N-th forward step (see --fault-panic-times).
+    #[arg(long, env = "FERRITE_FAULT_PANIC_AT_STEP")]
+    pub fault_panic_at_step: Option<u64>,
+    /// Testing aid: at most this many executors of the process panic (default: every one).
+    #[arg(
+        long,
+        env = "FERRITE_FAULT_PANIC_TIMES",
+        requires = "fault_panic_at_step"
+    )]
+    pub fault_panic_times: Option<u64>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -86,9 +116,22 @@ pub struct HttpArgs {
     /// 0 picks a free port (printed at start).
     #[arg(long, default_value_t = 8000, env = "FERRITE_PORT")]
     pub port: u16,
-    /// round-robin, random or least-loaded.
+    /// kv (KV-cache aware), round-robin, random or least-loaded.
     #[arg(long, default_value = "round-robin", env = "FERRITE_ROUTER")]
     pub router: String,
+    /// KV router: weight of prefill work (uncached prompt blocks) against decode work
+    /// (4 measured best in docs/benchmarks/routing.md; 1 is Dynamo's default).
+    #[arg(long, default_value_t = 4.0, env = "FERRITE_KV_OVERLAP_WEIGHT")]
+    pub kv_overlap_weight: f64,
+    /// KV router: 0 picks the lowest cost; > 0 samples workers by softmax(-cost / T).
+    #[arg(long, default_value_t = 0.0, env = "FERRITE_ROUTER_TEMPERATURE")]
+    pub router_temperature: f64,
+    /// Requests in flight in the frontend beyond this are answered 429.
+    #[arg(long, default_value_t = 4096, env = "FERRITE_MAX_INFLIGHT")]
+    pub max_inflight: usize,
+    /// Request bodies larger than this many MiB are answered 413.
+    #[arg(long, default_value_t = 32, env = "FERRITE_MAX_BODY_MB")]
+    pub max_body_mb: usize,
     #[arg(long, default_value_t = 3, env = "FERRITE_MIGRATION_LIMIT")]
     pub migration_limit: u32,
     /// Seconds a request may take in all.
@@ -135,7 +178,8 @@ pub struct WorkerArgs {
     pub model: ModelArgs,
     #[arg(long, value_enum, default_value = "agg", env = "FERRITE_ROLE")]
     pub role: Role,
-    /// Attention data-parallel ranks (1 for now).
+    /// Attention data-parallel ranks of each worker: each rank has its own scheduler, KV
+    /// cache and engine; requests pick one by `dp_rank`.
     #[arg(long, default_value_t = 1, env = "FERRITE_DP_SIZE")]
     pub dp_size: u32,
     /// Serve Prometheus metrics on this port (0: none).
@@ -144,6 +188,29 @@ pub struct WorkerArgs {
     /// Seconds to let running requests finish after SIGTERM.
     #[arg(long, default_value_t = 30, env = "FERRITE_DRAIN_TIMEOUT")]
     pub drain_timeout: u64,
+    /// Prefill/decode roles: how KV blocks travel between workers (auto picks the best
+    /// available and falls back to tcp).
+    #[arg(long, value_enum, default_value = "auto", env = "FERRITE_KV_TRANSPORT")]
+    pub kv_transport: KvTransport,
+    /// Decode role: prompts with at most this many tokens not already cached here are
+    /// prefilled locally instead of on a prefill worker.
+    #[arg(long, default_value_t = 128, env = "FERRITE_MAX_LOCAL_PREFILL_TOKENS")]
+    pub max_local_prefill_tokens: usize,
+    /// Decode role: always prefill remotely; with no prefill worker alive, refuse requests
+    /// (503) instead of serving them aggregated.
+    #[arg(long, env = "FERRITE_ENFORCE_DISAGG")]
+    pub enforce_disagg: bool,
+    /// Decode role: address the KV transfer server binds and advertises (a port is picked
+    /// by the OS); use this host's address reachable from the prefill workers.
+    #[arg(long, default_value = "127.0.0.1", env = "FERRITE_KV_TRANSFER_HOST")]
+    pub kv_transfer_host: String,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KvTransport {
+    Auto,
+    Tcp,
+    Ucx,
 }
 
 /// A configuration mistake: the process exits with status 2 and this one-line reason.

@@ -1,26 +1,56 @@
-//! `ferrite bench`: a closed-loop load generator against any OpenAI-compatible server.
-//! Streams `/v1/completions` with token-id prompts and reports throughput and latency.
+//! `ferrite bench`: flags for the `ferrite-bench` load generator, which works against any
+//! OpenAI-compatible server. Parses and wires; the logic lives in `ferrite-bench`.
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::{Args, ValueEnum};
-use futures::StreamExt;
-use rand::Rng;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use ferrite_bench::{
+    BenchError, Endpoint, LenDist, LenSpec, PromptBuilder, Report, RunConfig, WorkloadSpec,
+};
+use std::path::PathBuf;
+use std::time::Duration;
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Workload {
-    /// Independent random prompts.
+    /// Independent random prompts of --input-len tokens.
     Synthetic,
+    /// --groups groups whose prompts share a --prefix-len prefix (--group-order).
+    SharedPrefix,
+    /// --conversations chats of --turns turns, each re-sending the whole history.
+    MultiTurn,
+    /// Replay a Mooncake-style JSONL trace (--trace) at its timestamps.
+    Trace,
+}
+
+/// How shared-prefix requests pick their group.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GroupOrder {
+    /// A seeded random group per request (users of a chat product).
+    Random,
+    /// Request i belongs to group i % groups.
+    Interleaved,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EndpointArg {
+    Chat,
+    Completions,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LenDistArg {
+    Fixed,
+    Uniform,
+    Normal,
 }
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// Server base URL, e.g. http://127.0.0.1:8000
-    #[arg(long, env = "FERRITE_URL")]
+    /// Server base URL.
+    #[arg(long, default_value = "http://127.0.0.1:8000", env = "FERRITE_URL")]
     pub url: String,
+    /// Model name to request; default: the first of /v1/models.
     #[arg(long, env = "FERRITE_MODEL_NAME")]
-    pub model: String,
+    pub model: Option<String>,
     #[arg(
         long,
         value_enum,
@@ -28,156 +58,239 @@ pub struct BenchArgs {
         env = "FERRITE_WORKLOAD"
     )]
     pub workload: Workload,
-    /// Requests in flight at once.
-    #[arg(long, default_value_t = 16, env = "FERRITE_CONCURRENCY")]
-    pub concurrency: usize,
-    /// Requests in all.
-    #[arg(long, default_value_t = 256, env = "FERRITE_REQUESTS")]
-    pub requests: usize,
-    /// Prompt length in tokens.
-    #[arg(long, default_value_t = 128, env = "FERRITE_ISL")]
-    pub isl: usize,
-    /// Output length in tokens.
-    #[arg(long, default_value_t = 64, env = "FERRITE_OSL")]
-    pub osl: u32,
-    /// Prompt tokens are drawn from [vocab_lo, vocab_hi).
-    #[arg(long, default_value_t = 259, env = "FERRITE_VOCAB_LO")]
-    pub vocab_lo: u32,
-    #[arg(long, default_value_t = 512, env = "FERRITE_VOCAB_HI")]
-    pub vocab_hi: u32,
-    /// Write the results as JSON here.
+    /// Default: chat for multi-turn, completions otherwise.
+    #[arg(long, value_enum, env = "FERRITE_ENDPOINT")]
+    pub endpoint: Option<EndpointArg>,
+    /// Closed loop: requests in flight (default 16); with --rate or a trace: the most in flight.
+    #[arg(long, env = "FERRITE_CONCURRENCY")]
+    pub concurrency: Option<usize>,
+    /// Open loop: Poisson arrivals per second (seeded).
+    #[arg(long, env = "FERRITE_RATE")]
+    pub rate: Option<f64>,
+    /// Requests to send (default 100; a trace: all its lines; multi-turn: not used, it sends --conversations × --turns).
+    #[arg(long, visible_alias = "requests", env = "FERRITE_NUM_REQUESTS")]
+    pub num_requests: Option<usize>,
+    /// Stop starting requests after this many seconds.
+    #[arg(long, env = "FERRITE_DURATION")]
+    pub duration: Option<f64>,
+    /// Prompt tokens (multi-turn: tokens of each new user message).
+    #[arg(
+        long,
+        visible_alias = "isl",
+        default_value_t = 512,
+        env = "FERRITE_INPUT_LEN"
+    )]
+    pub input_len: usize,
+    /// Output tokens (`max_tokens`).
+    #[arg(
+        long,
+        visible_alias = "osl",
+        default_value_t = 128,
+        env = "FERRITE_OUTPUT_LEN"
+    )]
+    pub output_len: usize,
+    /// How input, suffix and output lengths vary.
+    #[arg(long, value_enum, default_value = "fixed", env = "FERRITE_LEN_DIST")]
+    pub len_dist: LenDistArg,
+    /// Relative spread: uniform ±spread·mean, normal σ = spread·mean.
+    #[arg(long, default_value_t = 0.2, env = "FERRITE_LEN_SPREAD")]
+    pub len_spread: f64,
+    /// shared-prefix: number of prefix groups.
+    #[arg(long, default_value_t = 4, env = "FERRITE_GROUPS")]
+    pub groups: usize,
+    /// shared-prefix: which group each request belongs to.
+    #[arg(
+        long,
+        value_enum,
+        default_value = "random",
+        env = "FERRITE_GROUP_ORDER"
+    )]
+    pub group_order: GroupOrder,
+    /// shared-prefix: tokens of each group's shared prefix.
+    #[arg(long, default_value_t = 1024, env = "FERRITE_PREFIX_LEN")]
+    pub prefix_len: usize,
+    /// shared-prefix: tokens after the prefix, different for every request.
+    #[arg(long, default_value_t = 128, env = "FERRITE_SUFFIX_LEN")]
+    pub suffix_len: usize,
+    /// multi-turn: conversations.
+    #[arg(long, default_value_t = 8, env = "FERRITE_CONVERSATIONS")]
+    pub conversations: usize,
+    /// multi-turn: turns per conversation.
+    #[arg(long, default_value_t = 4, env = "FERRITE_TURNS")]
+    pub turns: usize,
+    /// trace: JSONL of {timestamp (ms), input_length, output_length, hash_ids}.
+    #[arg(long, env = "FERRITE_TRACE")]
+    pub trace: Option<PathBuf>,
+    /// trace: tokens per hash id block.
+    #[arg(long, default_value_t = 512, env = "FERRITE_TRACE_BLOCK_SIZE")]
+    pub trace_block_size: usize,
+    /// trace: divide the trace's timestamps by this.
+    #[arg(long, default_value_t = 1.0, env = "FERRITE_TRACE_SPEEDUP")]
+    pub trace_speedup: f64,
+    /// tokenizer.json or model folder: exact prompt token counts (else approximate, in words).
+    #[arg(long, env = "FERRITE_TOKENIZER")]
+    pub tokenizer: Option<PathBuf>,
+    /// Seed for prompts, lengths and arrivals.
+    #[arg(long, default_value_t = 0, env = "FERRITE_SEED")]
+    pub seed: u64,
+    /// Do not send `ignore_eos: true` (for servers that reject the extension).
+    #[arg(long, env = "FERRITE_NO_IGNORE_EOS")]
+    pub no_ignore_eos: bool,
+    /// Seconds one request may take.
+    #[arg(long, default_value_t = 600.0, env = "FERRITE_TIMEOUT")]
+    pub timeout: f64,
+    /// Goodput: a request meets the SLO with TTFT at most this.
+    #[arg(long, env = "FERRITE_SLO_TTFT_MS")]
+    pub slo_ttft_ms: Option<f64>,
+    /// Goodput: ... and mean inter-token latency at most this.
+    #[arg(long, env = "FERRITE_SLO_ITL_MS")]
+    pub slo_itl_ms: Option<f64>,
+    /// Write the summary and every request's record as JSON here.
     #[arg(long, env = "FERRITE_JSON")]
-    pub json: Option<std::path::PathBuf>,
+    pub json: Option<PathBuf>,
+    /// Write TTFT and ITL histograms and CDFs (PNG) into this folder.
+    #[arg(long, env = "FERRITE_PLOT")]
+    pub plot: Option<PathBuf>,
+    /// No progress bar or progress lines.
+    #[arg(long, env = "FERRITE_NO_PROGRESS")]
+    pub no_progress: bool,
 }
 
-#[derive(Default)]
-struct One {
-    ttft: Duration,
-    total: Duration,
-    chunks: u64,
-    tokens: u64,
-}
-
-async fn one(client: &reqwest::Client, url: &str, body: serde_json::Value) -> anyhow::Result<One> {
-    let start = Instant::now();
-    let resp = client.post(url).json(&body).send().await?;
-    let status = resp.status();
-    if !status.is_success() {
-        let text = resp.text().await.unwrap_or_default();
-        bail!("HTTP {status}: {text}");
+fn secs(flag: &str, s: f64) -> anyhow::Result<Duration> {
+    if !(s > 0.0 && s.is_finite()) {
+        usage!("{flag} must be a positive number of seconds");
     }
-    let mut out = One::default();
-    let mut stream = resp.bytes_stream();
-    let mut buf = Vec::new();
-    while let Some(chunk) = stream.next().await {
-        buf.extend_from_slice(&chunk?);
-        while let Some(pos) = buf.windows(2).position(|w| w == b"\n\n") {
-            let event: Vec<u8> = buf.drain(..pos + 2).collect();
-            let line = String::from_utf8_lossy(&event);
-            let Some(data) = line.trim().strip_prefix("data: ") else {
-                continue;
-            };
-            if data == "[DONE]" {
-                continue;
-            }
-            let v: serde_json::Value = serde_json::from_str(data)?;
-            if v.get("error").is_some() {
-                bail!("stream error: {data}");
-            }
-            if let Some(ids) = v.pointer("/choices/0/token_ids").and_then(|t| t.as_array()) {
-                if out.tokens == 0 && !ids.is_empty() {
-                    out.ttft = start.elapsed();
-                }
-                out.tokens += ids.len() as u64;
-                out.chunks += 1;
-            }
+    Ok(Duration::from_secs_f64(s))
+}
+
+impl BenchArgs {
+    fn len(&self, mean: usize) -> LenSpec {
+        LenSpec {
+            mean,
+            dist: match self.len_dist {
+                LenDistArg::Fixed => LenDist::Fixed,
+                LenDistArg::Uniform => LenDist::Uniform,
+                LenDistArg::Normal => LenDist::Normal,
+            },
+            spread: self.len_spread,
         }
     }
-    out.total = start.elapsed();
-    Ok(out)
+
+    fn config(&self) -> anyhow::Result<RunConfig> {
+        if self.input_len == 0 || self.output_len == 0 {
+            usage!("--input-len and --output-len must be positive");
+        }
+        if !(0.0..=1.0).contains(&self.len_spread) {
+            usage!("--len-spread must be within 0..=1");
+        }
+        if self.trace.is_some() != (self.workload == Workload::Trace) {
+            usage!("--trace FILE goes with --workload trace, and only with it");
+        }
+        Ok(RunConfig {
+            url: self.url.clone(),
+            model: self.model.clone(),
+            endpoint: self.endpoint.map(|e| match e {
+                EndpointArg::Chat => Endpoint::Chat,
+                EndpointArg::Completions => Endpoint::Completions,
+            }),
+            concurrency: self.concurrency,
+            rate: self.rate,
+            num_requests: self.num_requests,
+            duration: self.duration.map(|d| secs("--duration", d)).transpose()?,
+            ignore_eos: !self.no_ignore_eos,
+            timeout: secs("--timeout", self.timeout)?,
+            seed: self.seed,
+            slo_ttft_ms: self.slo_ttft_ms,
+            slo_itl_ms: self.slo_itl_ms,
+            progress: !self.no_progress,
+        })
+    }
+
+    /// The workload; reads the trace file.
+    fn spec(&self) -> anyhow::Result<WorkloadSpec> {
+        Ok(match self.workload {
+            Workload::Synthetic => WorkloadSpec::Synthetic {
+                input: self.len(self.input_len),
+                output: self.len(self.output_len),
+            },
+            Workload::SharedPrefix => WorkloadSpec::SharedPrefix {
+                groups: self.groups,
+                random_groups: self.group_order == GroupOrder::Random,
+                prefix_len: self.prefix_len,
+                suffix: self.len(self.suffix_len),
+                output: self.len(self.output_len),
+            },
+            Workload::MultiTurn => WorkloadSpec::MultiTurn {
+                conversations: self.conversations,
+                turns: self.turns,
+                input: self.len(self.input_len),
+                output: self.len(self.output_len),
+            },
+            Workload::Trace => {
+                let path = self.trace.as_deref().context("--trace")?;
+                WorkloadSpec::Trace {
+                    entries: ferrite_bench::read_trace(path).map_err(usage_of)?,
+                    block_size: self.trace_block_size,
+                    speedup: self.trace_speedup,
+                }
+            }
+        })
+    }
 }
 
-fn pct(v: &mut [f64], p: f64) -> f64 {
-    if v.is_empty() {
-        return 0.0;
+/// Flag and input mistakes exit with status 2.
+fn usage_of(e: BenchError) -> anyhow::Error {
+    if e.is_usage() {
+        crate::args::UsageError(e.to_string()).into()
+    } else {
+        e.into()
     }
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[((v.len() - 1) as f64 * p).round() as usize]
 }
 
 pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
-    if a.concurrency == 0 || a.requests == 0 || a.isl == 0 || a.osl == 0 || a.vocab_lo >= a.vocab_hi
-    {
-        bail!(
-            "--concurrency, --requests, --isl and --osl must be positive and --vocab-lo < --vocab-hi"
-        );
+    let cfg = a.config()?;
+    let spec = a.spec()?;
+    let builder = match &a.tokenizer {
+        Some(p) => {
+            PromptBuilder::load(p).with_context(|| format!("--tokenizer {}", p.display()))?
+        }
+        None => {
+            eprintln!(
+                "bench: no --tokenizer: prompt lengths are approximate (counted in words, not tokens)"
+            );
+            PromptBuilder::approximate()
+        }
+    };
+    // Its own multi-threaded runtime, so that measuring many streams does not share
+    // one thread with prompt building or anything else of this process.
+    let report: Report = tokio::task::spawn_blocking(move || -> anyhow::Result<Report> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(ferrite_bench::bench(&cfg, spec, builder))
+            .map_err(usage_of)
+    })
+    .await??;
+    print!("{}", report.to_text());
+    if let Some(p) = &a.json {
+        report
+            .write_json(p)
+            .with_context(|| format!("--json {}", p.display()))?;
     }
-    let url = format!("{}/v1/completions", a.url.trim_end_matches('/'));
-    let client = reqwest::Client::builder().build().context("http client")?;
-    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..a.concurrency.min(a.requests) {
-        let (client, url, next) = (client.clone(), url.clone(), next.clone());
-        let (n, isl, osl, lo, hi, model) = (
-            a.requests,
-            a.isl,
-            a.osl,
-            a.vocab_lo,
-            a.vocab_hi,
-            a.model.clone(),
-        );
-        tasks.push(tokio::spawn(async move {
-            let mut results = Vec::new();
-            while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < n {
-                let prompt: Vec<u32> = {
-                    let mut rng = rand::rng();
-                    (0..isl).map(|_| rng.random_range(lo..hi)).collect()
-                };
-                let body = serde_json::json!({
-                    "model": model, "prompt": prompt, "max_tokens": osl, "stream": true,
-                    "ignore_eos": true, "return_token_ids": true, "temperature": 0,
-                });
-                results.push(one(&client, &url, body).await);
-            }
-            results
-        }));
-    }
-    let mut ok = Vec::new();
-    let mut errors = 0usize;
-    let mut first_error = None;
-    for t in tasks {
-        for r in t.await? {
-            match r {
-                Ok(o) => ok.push(o),
-                Err(e) => {
-                    errors += 1;
-                    first_error.get_or_insert(e.to_string());
-                }
-            }
+    if let Some(dir) = &a.plot {
+        let files = ferrite_bench::plot::write_plots(dir, &report.requests)
+            .with_context(|| format!("--plot {}", dir.display()))?;
+        for f in files {
+            eprintln!("bench: wrote {}", f.display());
         }
     }
-    let wall = start.elapsed().as_secs_f64();
-    let tokens: u64 = ok.iter().map(|o| o.tokens).sum();
-    let chunks: u64 = ok.iter().map(|o| o.chunks).sum();
-    let mut ttft: Vec<f64> = ok.iter().map(|o| o.ttft.as_secs_f64() * 1e3).collect();
-    let mut lat: Vec<f64> = ok.iter().map(|o| o.total.as_secs_f64() * 1e3).collect();
-    let report = serde_json::json!({
-        "requests_ok": ok.len(), "errors": errors, "first_error": first_error,
-        "wall_s": wall, "requests_per_s": ok.len() as f64 / wall,
-        "output_tokens": tokens, "output_tokens_per_s": tokens as f64 / wall,
-        "sse_chunks": chunks,
-        "ttft_ms_p50": pct(&mut ttft, 0.5), "ttft_ms_p99": pct(&mut ttft, 0.99),
-        "latency_ms_p50": pct(&mut lat, 0.5), "latency_ms_p99": pct(&mut lat, 0.99),
-        "concurrency": a.concurrency, "isl": a.isl, "osl": a.osl,
-    });
-    println!("{}", serde_json::to_string_pretty(&report)?);
-    if let Some(p) = a.json {
-        std::fs::write(&p, serde_json::to_vec_pretty(&report)?)
-            .with_context(|| format!("writing {}", p.display()))?;
-    }
-    if errors > 0 {
-        bail!("{errors} requests failed");
+    let t = &report.summary.totals;
+    if t.requests_ok == 0 {
+        anyhow::bail!(
+            "no request succeeded ({} failed): {}",
+            t.requests_failed,
+            t.first_error.as_deref().unwrap_or("no request was sent")
+        );
     }
     Ok(())
 }

@@ -3,7 +3,7 @@
 use crate::args::{EngineKind, ModelArgs};
 use crate::bundled;
 use anyhow::Context;
-use ferrite_engine::{Executor, KvCacheSpec};
+use ferrite_engine::{EngineError, Executor, ExecutorFactory, FaultPlan, KvCacheSpec};
 use ferrite_mocker::{MockerConfig, MockerExecutor};
 use std::path::{Path, PathBuf};
 
@@ -34,14 +34,18 @@ pub fn model_choice(args: &ModelArgs) -> anyhow::Result<ModelChoice> {
     Ok(ModelChoice { path, name })
 }
 
-/// The engine `auto` resolves to: the CPU engine (the CUDA backend does not exist yet).
+/// The engine `auto` resolves to: CUDA when a GPU and its driver are present (falling back
+/// to the CPU engine for models the CUDA backend cannot load, see `backend_factory`), else
+/// the CPU engine. `--engine cuda` without a usable GPU is a usage error.
 pub fn resolve(kind: EngineKind) -> anyhow::Result<EngineKind> {
     match kind {
+        EngineKind::Auto if ferrite_cuda::probe().is_ok() => Ok(EngineKind::Cuda),
         EngineKind::Auto | EngineKind::Cpu => Ok(EngineKind::Cpu),
         EngineKind::Mocker => Ok(EngineKind::Mocker),
-        EngineKind::Cuda => usage!(
-            "--engine cuda: the CUDA backend does not exist yet; use --engine cpu or --engine mocker"
-        ),
+        EngineKind::Cuda => match ferrite_cuda::probe() {
+            Ok(_) => Ok(EngineKind::Cuda),
+            Err(e) => usage!("--engine cuda: {e}; use --engine cpu or --engine mocker"),
+        },
     }
 }
 
@@ -112,18 +116,49 @@ fn mocker_tokens(model: &Path) -> anyhow::Result<(u32, std::ops::Range<u32>)> {
     Ok((vocab, start..vocab))
 }
 
-/// Makes one executor per worker; what can be shared (the mocker's vocabulary scan) is
-/// done once, when the factory is made.
-pub type EngineFactory = Box<dyn Fn() -> anyhow::Result<Box<dyn Executor>>>;
-
+/// Makes the executor of each worker rank, at start and after a crash; what can be shared
+/// (the mocker's vocabulary scan) is done once, when the factory is made. With
+/// `--fault-panic-at-step` every executor is wrapped in a fault injector (a testing aid)
+/// whose panic budget (`--fault-panic-times`) is shared by the whole process.
 pub fn factory(
     kind: EngineKind,
     args: &ModelArgs,
     model: &ModelChoice,
-) -> anyhow::Result<EngineFactory> {
-    if args.kv_host_cache_gb > 0.0 || args.kv_disk_cache_gb > 0.0 {
-        usage!("--kv-host-cache-gb/--kv-disk-cache-gb: KV offload tiers are not implemented yet");
+) -> anyhow::Result<ExecutorFactory> {
+    let make = backend_factory(kind, args, model)?;
+    let Some(step) = args.fault_panic_at_step else {
+        return Ok(make);
+    };
+    if step == 0 {
+        usage!("--fault-panic-at-step must be at least 1");
     }
+    let plan = FaultPlan::new(step, args.fault_panic_times);
+    tracing::warn!(
+        step,
+        times = ?args.fault_panic_times,
+        "FAULT INJECTION (testing aid): executors panic at forward step {step}"
+    );
+    Ok(std::sync::Arc::new(move |rank| Ok(plan.wrap(make(rank)?))))
+}
+
+fn backend_factory(
+    kind: EngineKind,
+    args: &ModelArgs,
+    model: &ModelChoice,
+) -> anyhow::Result<ExecutorFactory> {
+    let cuda_check = || ferrite_cuda::CudaExecutor::check_model(&model.path);
+    let kind = match kind {
+        EngineKind::Cuda if matches!(args.engine, EngineKind::Auto) && cuda_check().is_err() => {
+            tracing::info!("--engine auto: the CUDA backend cannot load this model; using the CPU engine");
+            EngineKind::Cpu
+        }
+        EngineKind::Cuda => match cuda_check() {
+            Ok(_) => EngineKind::Cuda,
+            Err(e) => usage!("--engine cuda: {e}"),
+        },
+        other => other,
+    };
+    let tiers = kv_tiers(args)?;
     match kind {
         EngineKind::Mocker => {
             let (vocab_size, token_range) = mocker_tokens(&model.path)?;
@@ -136,12 +171,20 @@ pub fn factory(
                 token_range,
                 max_context: 8192,
                 speedup: args.speedup,
+                kv_bytes_per_block: if tiers { MOCK_KV_PAYLOAD } else { 0 },
+                kv_sim_bytes_per_block: if tiers {
+                    mocker_tiers(args, gpu_block_bytes(&model.path, args.kv_block_size)?)?
+                } else {
+                    0
+                },
+                ..MockerConfig::default()
             };
-            Ok(Box::new(move || {
+            Ok(std::sync::Arc::new(move |_rank| {
                 Ok(Box::new(MockerExecutor::new(cfg.clone())?) as Box<dyn Executor>)
             }))
         }
         EngineKind::Cpu => {
+            install_structured_output(&model.path);
             let (args, model) = (
                 args.clone(),
                 ModelChoice {
@@ -149,8 +192,95 @@ pub fn factory(
                     name: model.name.clone(),
                 },
             );
-            Ok(Box::new(move || cpu(&args, &model)))
+            Ok(std::sync::Arc::new(move |_rank| {
+                cpu(&args, &model).map_err(|e| EngineError::Backend(format!("{e:#}")))
+            }))
+        }
+        EngineKind::Cuda => {
+            install_structured_output(&model.path);
+            let opts = ferrite_cuda::CudaOptions {
+                num_kv_blocks: args.kv_blocks.unwrap_or(0),
+                block_size: args.kv_block_size,
+                ..Default::default()
+            };
+            let path = model.path.clone();
+            Ok(std::sync::Arc::new(move |_rank| {
+                let ex = ferrite_cuda::CudaExecutor::load(&path, opts).map_err(|e| {
+                    EngineError::Backend(format!("loading {} on CUDA: {e}", path.display()))
+                })?;
+                Ok(Box::new(ex) as Box<dyn Executor>)
+            }))
         }
         other => usage!("engine {other:?} is not available"),
+    }
+}
+
+/// `--kv-host-cache-gb`/`--kv-disk-cache-gb`: the offload tiers every scheduler of this
+/// process gets (issue 9, docs/kvbm.md). True when any tier is on.
+fn kv_tiers(args: &ModelArgs) -> anyhow::Result<bool> {
+    const GIB: f64 = (1u64 << 30) as f64;
+    for (flag, v) in [
+        ("--kv-host-cache-gb", args.kv_host_cache_gb),
+        ("--kv-disk-cache-gb", args.kv_disk_cache_gb),
+    ] {
+        if !v.is_finite() || v < 0.0 {
+            usage!("{flag} must be a size in GiB >= 0, got {v}");
+        }
+    }
+    let opts = ferrite_scheduler::offload::KvTierOptions {
+        host_bytes: (args.kv_host_cache_gb * GIB) as u64,
+        disk_bytes: (args.kv_disk_cache_gb * GIB) as u64,
+        disk_dir: args.kv_disk_cache_dir.clone(),
+        min_hits_for_disk: args.kv_offload_min_hits,
+    };
+    let on = opts.is_enabled();
+    if on {
+        tracing::info!(?opts, "KV offload tiers on");
+    }
+    ferrite_scheduler::offload::set_default_kv_tiers(Some(opts));
+    Ok(on)
+}
+
+/// Bytes the mocker really stores per offloaded block (its blocks hold no KV).
+const MOCK_KV_PAYLOAD: usize = 16;
+
+/// The mocker stores `MOCK_KV_PAYLOAD` bytes per block but simulates `sim_bytes`: the tier
+/// sizes are rescaled so that they hold as many blocks as they would on the GPU machine.
+fn mocker_tiers(args: &ModelArgs, sim_bytes: usize) -> anyhow::Result<usize> {
+    let mut opts = ferrite_scheduler::offload::KvTierOptions {
+        host_bytes: 0,
+        disk_bytes: 0,
+        disk_dir: args.kv_disk_cache_dir.clone(),
+        min_hits_for_disk: args.kv_offload_min_hits,
+    };
+    const GIB: f64 = (1u64 << 30) as f64;
+    let blocks = |gb: f64| (gb * GIB / sim_bytes.max(1) as f64) as u64;
+    opts.host_bytes = blocks(args.kv_host_cache_gb) * MOCK_KV_PAYLOAD as u64;
+    opts.disk_bytes = blocks(args.kv_disk_cache_gb)
+        * (MOCK_KV_PAYLOAD + ferrite_kv::tiers::DISK_SLOT_OVERHEAD) as u64;
+    ferrite_scheduler::offload::set_default_kv_tiers(Some(opts));
+    Ok(sim_bytes)
+}
+
+/// Bytes of one KV block of `model` on a GPU (bf16), for the mocker's simulated copies.
+fn gpu_block_bytes(model: &Path, block_size: u32) -> anyhow::Result<usize> {
+    let card = ferrite_model::ModelCard::load(model)
+        .with_context(|| format!("loading {}", model.display()))?;
+    let c = &card.config;
+    Ok(2 * c.num_layers * c.num_kv_heads * c.head_dim * block_size as usize * 2)
+}
+
+/// Structured output (issue 5, ferrite-structured): installs the sampler's guided-decoding
+/// provider for this model's vocabulary, once per process. If it cannot be built, guided
+/// requests fail with a clear error and everything else still runs.
+fn install_structured_output(model: &Path) {
+    let installed = ferrite_model::ModelCard::load(model)
+        .map_err(anyhow::Error::from)
+        .and_then(|card| {
+            ferrite_structured::install(&card.tokenizer, &card.eos_token_ids)
+                .map_err(anyhow::Error::from)
+        });
+    if let Err(e) = installed {
+        tracing::warn!(error = %format!("{e:#}"), "structured output unavailable");
     }
 }

@@ -1,12 +1,16 @@
 //! The long-running modes: `serve` (embedded), `frontend` and `worker` (cluster).
 
-use crate::args::{EngineKind, FrontendArgs, HttpArgs, ModelArgs, Role, ServeArgs, WorkerArgs};
+use crate::args::{
+    EngineKind, FrontendArgs, HttpArgs, KvTransport, ModelArgs, Role, ServeArgs, WorkerArgs,
+};
 use crate::engines;
 use anyhow::Context;
 use ferrite_frontend::{Frontend, FrontendConfig};
 use ferrite_protocol::WorkerRole;
 use ferrite_runtime::{Bus, Discovery, EtcdDiscovery, MemBus, MemDiscovery, NatsBus};
-use ferrite_worker::{WorkerConfig, WorkerHandle, start_worker};
+use ferrite_worker::{
+    RestartPolicy, TransportKind, WorkerConfig, WorkerHandle, start_worker_with_factory,
+};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,6 +26,10 @@ fn frontend_config(http: &HttpArgs, namespace: &str) -> FrontendConfig {
         migration_limit: http.migration_limit,
         request_timeout: Duration::from_secs(http.request_timeout),
         http_workers: http.http_workers,
+        max_inflight: http.max_inflight,
+        max_body_bytes: http.max_body_mb.saturating_mul(1024 * 1024),
+        kv_overlap_weight: http.kv_overlap_weight,
+        router_temperature: http.router_temperature,
         ..FrontendConfig::default()
     }
 }
@@ -30,6 +38,8 @@ async fn start_workers(
     args: &ModelArgs,
     namespace: &str,
     role: WorkerRole,
+    dp_size: u32,
+    disagg: &ferrite_worker::DisaggConfig,
     bus: Arc<dyn Bus>,
     discovery: Arc<dyn Discovery>,
 ) -> anyhow::Result<Vec<WorkerHandle>> {
@@ -38,17 +48,31 @@ async fn start_workers(
     if args.num_workers == 0 {
         usage!("--num-workers must be at least 1");
     }
+    if dp_size == 0 {
+        usage!("--dp-size must be at least 1");
+    }
+    if args.max_waiting == 0 {
+        usage!("--max-waiting must be at least 1");
+    }
     let make = engines::factory(kind, args, &model)?;
     let mut workers = Vec::with_capacity(args.num_workers);
     for _ in 0..args.num_workers {
-        let exec = make()?;
         let mut cfg = WorkerConfig::new(&model.name, model.path.to_string_lossy());
         cfg.namespace = namespace.to_string();
         cfg.role = role;
         cfg.simulated = kind == EngineKind::Mocker;
         cfg.max_batched_tokens = args.max_batched_tokens;
         cfg.max_num_seqs = args.max_num_seqs;
-        workers.push(start_worker(cfg, exec, bus.clone(), discovery.clone()).await?);
+        cfg.max_waiting = args.max_waiting;
+        cfg.dp_size = dp_size;
+        cfg.disagg = disagg.clone();
+        cfg.restart_policy = RestartPolicy {
+            max_restarts: args.max_engine_restarts,
+            window: Duration::from_secs(args.engine_restart_window),
+        };
+        workers.push(
+            start_worker_with_factory(cfg, make.clone(), bus.clone(), discovery.clone()).await?,
+        );
     }
     if kind == EngineKind::Mocker {
         tracing::warn!(
@@ -94,6 +118,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         &args.model,
         ns,
         WorkerRole::Agg,
+        1,
+        &ferrite_worker::DisaggConfig::default(),
         bus.clone(),
         discovery.clone(),
     )
@@ -139,15 +165,26 @@ pub async fn frontend(args: FrontendArgs) -> anyhow::Result<()> {
 pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     let role = match args.role {
         Role::Agg => WorkerRole::Agg,
-        Role::Prefill | Role::Decode => {
-            usage!(
-                "--role prefill/decode: disaggregated serving is not implemented yet; use --role agg"
-            )
-        }
+        Role::Prefill => WorkerRole::Prefill,
+        Role::Decode => WorkerRole::Decode,
     };
-    if args.dp_size != 1 {
-        usage!("--dp-size: only 1 is supported for now");
+    let kv_transport = match args.kv_transport {
+        KvTransport::Auto => TransportKind::Auto,
+        KvTransport::Tcp => TransportKind::Tcp,
+        KvTransport::Ucx => TransportKind::Ucx,
+    };
+    if role != WorkerRole::Agg
+        && let Err(e) = kv_transport.check_available()
+    {
+        usage!("--kv-transport: {e}");
     }
+    let disagg = ferrite_worker::DisaggConfig {
+        kv_transport,
+        max_local_prefill_tokens: args.max_local_prefill_tokens,
+        enforce_disagg: args.enforce_disagg,
+        transfer_host: args.kv_transfer_host.clone(),
+        ..ferrite_worker::DisaggConfig::default()
+    };
     if args.metrics_port != 0 {
         ferrite_telemetry::serve_metrics(([127, 0, 0, 1], args.metrics_port).into())?;
     }
@@ -156,14 +193,16 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         &args.model,
         &args.cluster.namespace,
         role,
+        args.dp_size,
+        &disagg,
         bus,
         discovery.clone(),
     )
     .await?;
     for w in &workers {
         println!(
-            "ferrite worker {} serving {}",
-            w.record.instance_id, w.record.model
+            "ferrite worker {} serving {} ({} dp rank(s))",
+            w.record.instance_id, w.record.model, w.record.dp_size
         );
     }
     shutdown_signal().await;

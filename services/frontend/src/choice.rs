@@ -1,6 +1,9 @@
 //! Per-choice post-processing: incremental detokenization, stop strings, bookkeeping.
 
 use crate::model_io::{Detok, ServedModel};
+use crate::tools::OutputMode;
+use crate::tools::stream::ToolStream;
+use ferrite_protocol::openai::ToolCall;
 use ferrite_protocol::{EngineOutput, FinishReason, TokenId, TokenLogprob};
 
 /// What one engine output adds to a choice.
@@ -12,6 +15,8 @@ pub struct Delta {
     pub finish_reason: Option<FinishReason>,
     /// A stop string ended the choice: the worker must be told to stop.
     pub stopped_by_string: bool,
+    /// Tool calls parsed from the output (only in the delta that finishes the choice).
+    pub tool_calls: Vec<ToolCall>,
 }
 
 /// The state of one choice while it streams.
@@ -26,6 +31,10 @@ pub struct ChoiceState {
     pub token_ids: Vec<TokenId>,
     pub finish: Option<FinishReason>,
     pub cached_tokens: u32,
+    tools: Option<ToolStream>,
+    /// The text released as content (all of `text()` unless tool calls were taken out).
+    content: String,
+    pub tool_calls: Vec<ToolCall>,
 }
 
 impl ChoiceState {
@@ -35,6 +44,7 @@ impl ChoiceState {
         prompt: &[TokenId],
         stops: Vec<String>,
         include_stop: bool,
+        tools: Option<OutputMode>,
     ) -> Self {
         let max_stop_len = stops.iter().map(String::len).max().unwrap_or(0);
         Self {
@@ -48,7 +58,20 @@ impl ChoiceState {
             token_ids: Vec::new(),
             finish: None,
             cached_tokens: 0,
+            tools: tools.map(ToolStream::new),
+            content: String::new(),
+            tool_calls: Vec::new(),
         }
+    }
+
+    /// The content of the answer: the text without the tool calls taken out of it.
+    pub fn content(&self) -> &str {
+        &self.content
+    }
+
+    /// OpenAI's `finish_reason`: `tool_calls` when the output was tool calls.
+    pub fn finish_reason(&self) -> Option<String> {
+        finish_string(self.finish, !self.tool_calls.is_empty())
     }
 
     /// All text produced so far (what the client has or will have).
@@ -88,7 +111,9 @@ impl ChoiceState {
             if self.finish.is_some() {
                 self.text.push_str(&self.detok.finish());
                 if let Some(end) = self.find_stop() {
+                    // The held-back tail completed a stop string: a stop, whatever the engine said.
                     self.text.truncate(end);
+                    self.finish = Some(FinishReason::Stop);
                 }
             }
         }
@@ -109,6 +134,18 @@ impl ChoiceState {
             delta.text = self.text[self.sent..upto].to_string();
             self.sent = upto;
         }
+        if let Some(ts) = &mut self.tools {
+            delta.text = ts.push(&delta.text);
+            if self.finish.is_some() {
+                let parsed = ts.finish();
+                delta
+                    .text
+                    .push_str(parsed.content.as_deref().unwrap_or_default());
+                delta.tool_calls = parsed.calls;
+                self.tool_calls = delta.tool_calls.clone();
+            }
+        }
+        self.content.push_str(&delta.text);
         delta
     }
 
@@ -128,6 +165,17 @@ impl ChoiceState {
             .min()
             .map(|(p, len)| from + p + if self.include_stop { len } else { 0 })
     }
+}
+
+/// OpenAI's `finish_reason` string of a finish.
+pub fn finish_string(finish: Option<FinishReason>, tool_calls: bool) -> Option<String> {
+    finish.map(|f| {
+        if tool_calls {
+            "tool_calls".to_string()
+        } else {
+            f.as_openai().to_string()
+        }
+    })
 }
 
 #[cfg(test)]
@@ -169,6 +217,7 @@ mod tests {
             &[1],
             stops.iter().map(|s| s.to_string()).collect(),
             include,
+            None,
         );
         let mut text = String::new();
         let mut stopped = false;
@@ -221,7 +270,7 @@ mod tests {
     fn text_that_may_start_a_stop_string_is_held_back() {
         let m = model();
         let ids = story(&m);
-        let mut st = ChoiceState::new(0, &m, &[1], vec!["Lily. She".into()], false);
+        let mut st = ChoiceState::new(0, &m, &[1], vec!["Lily. She".into()], false, None);
         let mut sent = String::new();
         for &t in &ids {
             let d = st.on_output(&out(vec![t], None));
@@ -234,5 +283,32 @@ mod tests {
         }
         assert!(sent.ends_with("named "), "{sent:?}");
         assert_eq!(st.finish, Some(FinishReason::Stop));
+    }
+
+    #[test]
+    fn tool_calls_are_taken_out_of_streamed_content() {
+        let m = model();
+        let text = "Let me see. <tool_call>{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}</tool_call>";
+        let ids = m.encode(text, false).unwrap();
+        assert_eq!(m.card_decode(&ids), text, "the tokenizer round-trips");
+        let mode = Some(OutputMode::Free(crate::tools::parse::ToolFormat::Hermes));
+        let mut st = ChoiceState::new(0, &m, &[1], vec![], false, mode);
+        let mut content = String::new();
+        let mut calls = Vec::new();
+        for (i, &t) in ids.iter().enumerate() {
+            let fin = (i + 1 == ids.len()).then_some(FinishReason::Stop);
+            let d = st.on_output(&out(vec![t], fin));
+            content.push_str(&d.text);
+            if d.finish_reason.is_some() {
+                calls = d.tool_calls.clone();
+            }
+        }
+        assert_eq!(content, "Let me see. ");
+        assert_eq!(st.content(), "Let me see. ");
+        assert_eq!(calls.len(), 1);
+        assert_eq!(calls[0].function.name, "get_weather");
+        assert_eq!(calls[0].function.arguments, "{\"city\":\"Paris\"}");
+        assert_eq!(st.finish_reason().as_deref(), Some("tool_calls"));
+        assert_eq!(st.completion_tokens() as usize, ids.len());
     }
 }

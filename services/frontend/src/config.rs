@@ -18,7 +18,16 @@ pub struct FrontendConfig {
     pub http_workers: usize,
     /// Requests in flight beyond this are answered 429.
     pub max_inflight: usize,
+    /// Request bodies larger than this are answered 413.
+    pub max_body_bytes: usize,
+    /// KV-aware router: weight of prefill work against decode work.
+    pub kv_overlap_weight: f64,
+    /// KV-aware router: 0 picks the lowest cost; > 0 samples with this softmax temperature.
+    pub router_temperature: f64,
 }
+
+/// Default of [`FrontendConfig::max_body_bytes`]: 32 MiB.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
 
 impl Default for FrontendConfig {
     fn default() -> Self {
@@ -32,6 +41,9 @@ impl Default for FrontendConfig {
             stream_idle_timeout: Duration::from_secs(5),
             http_workers: 2,
             max_inflight: 4096,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            kv_overlap_weight: 4.0,
+            router_temperature: 0.0,
         }
     }
 }

@@ -84,6 +84,29 @@ pub async fn run_canceller(
     }
 }
 
+/// Where a choice may go, and who wants to know where its first output came from.
+pub struct ChoiceRoute {
+    /// Route the first attempt to this instance only.
+    pub pinned: Option<InstanceId>,
+    /// Told the serving instance once the first output arrived (its prompt is cached there).
+    pub first_output: Option<tokio::sync::watch::Sender<Option<InstanceId>>>,
+}
+
+impl ChoiceRoute {
+    pub fn new(
+        pinned: Option<InstanceId>,
+        first_output: Option<tokio::sync::watch::Sender<Option<InstanceId>>>,
+    ) -> Self {
+        Self {
+            pinned,
+            first_output,
+        }
+    }
+}
+
+/// The receiving side of [`ChoiceRoute::first_output`].
+pub type PrefillDone = tokio::sync::watch::Receiver<Option<InstanceId>>;
+
 /// Items of a choice's stream.
 pub type ChoiceItem = Result<EngineOutput, ErrorInfo>;
 
@@ -94,19 +117,34 @@ pub fn run_choice(
     mut req: PreprocessedRequest,
     guard: CancelGuard,
     stop: CancellationToken,
+    route: ChoiceRoute,
 ) -> impl Stream<Item = ChoiceItem> {
     stream! {
+        let ChoiceRoute { pinned, mut first_output } = route;
         let mut guard = guard;
         let mut exclude: Vec<InstanceId> = Vec::new();
         let mut migrations = 0u32;
+        // The last transport error, while every attempt since has failed the same way.
+        let mut unreachable: Option<String> = None;
         loop {
-            let routed = state.route(&req, &exclude).await;
+            // A pin holds for the first attempt only: migration goes anywhere.
+            let pin = if migrations == 0 && exclude.is_empty() { pinned } else { None };
+            let routed = state.route(&req, &exclude, pin).await;
             let (instance, rank, record) = match routed {
                 Ok(r) => r,
-                Err(e) => {
-                    yield Err(e);
-                    return;
-                }
+                Err(e) => match unreachable.take() {
+                    // Every instance left failed to answer over the bus: say so.
+                    Some(last) if e.kind == ErrorKind::Unavailable => {
+                        yield Err(ErrorInfo::new(ErrorKind::Unavailable, format!(
+                            "no worker answered over the message bus ({} tried; last: {last}); retry later",
+                            exclude.len())));
+                        return;
+                    }
+                    _ => {
+                        yield Err(e);
+                        return;
+                    }
+                },
             };
             req.dp_rank = rank;
             let mut downs = state.instance_down.subscribe();
@@ -116,9 +154,11 @@ pub fn run_choice(
             };
             let mut s = match request_stream::<_, EngineOutput>(&state.bus, &record.subject, &req, opts).await {
                 Ok(s) => s,
-                Err(RuntimeError::NoResponders) | Err(RuntimeError::Timeout) => {
-                    // The instance is gone but discovery has not said so yet.
+                Err(e @ (RuntimeError::NoResponders | RuntimeError::Timeout | RuntimeError::Connection(_) | RuntimeError::Closed)) => {
+                    // The instance is gone but discovery has not said so yet, or the bus
+                    // is down: try another instance.
                     metrics::counter!(names::FRONTEND_MIGRATIONS_TOTAL, names::LABEL_REASON => "no_responders").increment(1);
+                    unreachable = Some(e.to_string());
                     exclude.push(instance);
                     continue;
                 }
@@ -151,6 +191,9 @@ pub fn run_choice(
                 let Some(item) = item else { break };
                 match item {
                     Ok(out) => {
+                        if let Some(tx) = first_output.take() {
+                            let _ = tx.send(Some(instance));
+                        }
                         let finished = out.finish_reason.is_some();
                         req.generated_so_far += out.token_ids.len() as u32;
                         req.token_ids.extend_from_slice(&out.token_ids);

@@ -4,13 +4,16 @@
 pub mod choice;
 pub mod config;
 pub mod error;
+pub mod fields;
 pub mod generate;
+pub mod guided;
 pub mod model_io;
 pub mod plan;
 pub mod response;
 pub mod routes;
 pub mod serve;
 pub mod state;
+pub mod tools;
 pub mod validate;
 
 pub use config::FrontendConfig;
@@ -48,6 +51,7 @@ pub struct Frontend {
     server: actix_web::dev::ServerHandle,
     server_task: JoinHandle<std::io::Result<()>>,
     tasks: Vec<JoinHandle<()>>,
+    router_thread: actix::Arbiter,
 }
 
 impl Frontend {
@@ -60,7 +64,30 @@ impl Frontend {
             .router
             .parse()
             .map_err(|e| FrontendError::Config(format!("--router: {e}")))?;
-        let router = RouterActor::new(ferrite_router::Router::with_kind(policy)).start();
+        if !(config.kv_overlap_weight.is_finite() && config.kv_overlap_weight >= 0.0) {
+            return Err(FrontendError::Config(format!(
+                "--kv-overlap-weight must be a finite number >= 0, got {}",
+                config.kv_overlap_weight
+            )));
+        }
+        if !(config.router_temperature.is_finite() && config.router_temperature >= 0.0) {
+            return Err(FrontendError::Config(format!(
+                "--router-temperature must be a finite number >= 0, got {}",
+                config.router_temperature
+            )));
+        }
+        let kv = ferrite_router::KvRouterConfig {
+            overlap_weight: config.kv_overlap_weight,
+            temperature: config.router_temperature,
+            ..Default::default()
+        };
+        // The router gets a thread of its own, so that decisions never wait behind the
+        // discovery/load/KV tasks or HTTP work on the frontend's main thread.
+        let router_thread = actix::Arbiter::new();
+        let router_inner = ferrite_router::Router::with_kind_and_kv(policy, &kv);
+        let router = RouterActor::start_in_arbiter(&router_thread.handle(), move |_| {
+            RouterActor::new(router_inner)
+        });
         let (cancel_tx, cancel_rx) = tokio::sync::mpsc::unbounded_channel();
         let state = Arc::new(AppState::new(
             config.clone(),
@@ -81,14 +108,16 @@ impl Frontend {
                 .app_data(data.clone())
                 .app_data(inflight.clone())
                 .app_data(prom.clone())
-                .app_data(web::PayloadConfig::new(64 * 1024 * 1024))
-                .route("/v1/chat/completions", web::post().to(routes::chat))
-                .route("/v1/completions", web::post().to(routes::completions))
-                .route("/v1/models", web::get().to(routes::models))
-                .route("/health", web::get().to(routes::health))
-                .route("/live", web::get().to(routes::live))
-                .route("/metrics", web::get().to(routes::metrics))
-                .default_service(web::to(routes::not_found))
+                .configure(routes::configure)
+        })
+        // Tokens go out as soon as they are written: no Nagle delay between SSE chunks
+        // (with delayed ACKs it cost ~40 ms between a stream's first and second chunk).
+        .on_connect(|conn, _| {
+            if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>()
+                && let Err(e) = tcp.set_nodelay(true)
+            {
+                tracing::debug!("TCP_NODELAY: {e}");
+            }
         })
         .workers(config.http_workers.max(1))
         .disable_signals()
@@ -111,6 +140,7 @@ impl Frontend {
             server: handle,
             server_task,
             tasks,
+            router_thread,
         })
     }
 
@@ -123,6 +153,7 @@ impl Frontend {
         for t in self.tasks {
             t.abort();
         }
+        self.router_thread.stop();
         r
     }
 
@@ -132,6 +163,7 @@ impl Frontend {
         for t in &self.tasks {
             t.abort();
         }
+        self.router_thread.stop();
         let _ = self.server_task.await;
     }
 }

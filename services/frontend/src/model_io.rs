@@ -2,7 +2,8 @@
 //! The only file that talks to `ferrite-model`.
 
 use crate::error::{ApiError, ApiResult};
-use ferrite_model::{Detokenizer, ModelCard};
+use crate::tools::parse::ToolFormat;
+use ferrite_model::{ChatTemplate, Detokenizer, ModelCard};
 use ferrite_protocol::openai::ChatMessage;
 use ferrite_protocol::{ErrorKind, ModelRecord, TokenId};
 use serde_json::Value;
@@ -55,25 +56,31 @@ impl ServedModel {
         self.card.tokenizer.decode(&[id], false).unwrap_or_default()
     }
 
+    /// Whether the chat template renders `tools` itself.
+    pub fn template_renders_tools(&self) -> bool {
+        renders_tools(&self.card.chat_template)
+    }
+
+    /// How this model writes tool calls (see [`tool_format`]).
+    pub fn tool_format(&self) -> ToolFormat {
+        tool_format(&self.card.chat_template)
+    }
+
+    /// Renders the chat template (see [`render_chat`]).
     pub fn render_chat(
         &self,
         messages: &[ChatMessage],
         add_generation_prompt: bool,
         kwargs: Option<&BTreeMap<String, Value>>,
+        tools: Option<&[Value]>,
     ) -> ApiResult<String> {
-        let msgs: Vec<Value> = messages
-            .iter()
-            .map(|m| {
-                serde_json::json!({
-                    "role": m.role,
-                    "content": m.content.as_ref().map(|c| c.text()).unwrap_or_default(),
-                })
-            })
-            .collect();
-        self.card
-            .chat_template
-            .render_with(&msgs, add_generation_prompt, kwargs)
-            .map_err(|e| ApiError::invalid("messages", format!("chat template: {e}")))
+        render_chat(
+            &self.card.chat_template,
+            messages,
+            add_generation_prompt,
+            kwargs,
+            tools,
+        )
     }
 
     pub fn detokenizer(&self, prompt: &[TokenId]) -> Detok {
@@ -82,6 +89,44 @@ impl ServedModel {
             card: self.card.clone(),
         }
     }
+}
+
+/// Whether a chat template renders `tools` itself.
+pub fn renders_tools(t: &ChatTemplate) -> bool {
+    t.source().contains("tools")
+}
+
+/// How a model with this template writes tool calls: the template's format, or Hermes
+/// when the frontend describes the tools itself.
+pub fn tool_format(t: &ChatTemplate) -> ToolFormat {
+    if renders_tools(t) {
+        ToolFormat::for_template(t.source())
+    } else {
+        ToolFormat::Hermes
+    }
+}
+
+/// Renders a chat template. `tools` go to the template when it renders them, else into
+/// the system message as a Hermes-style description.
+pub fn render_chat(
+    t: &ChatTemplate,
+    messages: &[ChatMessage],
+    add_generation_prompt: bool,
+    kwargs: Option<&BTreeMap<String, Value>>,
+    tools: Option<&[Value]>,
+) -> ApiResult<String> {
+    let native = renders_tools(t);
+    let mut msgs = crate::tools::template_messages(messages, native);
+    let mut extra = kwargs.cloned().unwrap_or_default();
+    if let Some(tools) = tools {
+        if native {
+            extra.insert("tools".into(), Value::Array(tools.to_vec()));
+        } else {
+            crate::tools::inject_system(&mut msgs, tools);
+        }
+    }
+    t.render_with(&msgs, add_generation_prompt, &extra)
+        .map_err(|e| ApiError::invalid("messages", format!("chat template: {e}")))
 }
 
 /// Incremental detokenizer of one choice.
@@ -108,4 +153,19 @@ impl Detok {
             .flatten()
             .unwrap_or_default()
     }
+}
+
+/// The bundled stories260k model (its template renders no tools), for unit tests.
+#[cfg(test)]
+pub(crate) fn test_model(simulated: bool) -> ServedModel {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../ferrite/assets/stories260k");
+    ServedModel::load(&ModelRecord {
+        name: "s".into(),
+        instance_id: ferrite_protocol::InstanceId(1),
+        model_path: path.into(),
+        context_length: 512,
+        kv_block_size: 16,
+        simulated,
+    })
+    .unwrap()
 }

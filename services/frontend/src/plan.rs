@@ -2,14 +2,16 @@
 //! per-choice `PreprocessedRequest`s, and what the response must look like.
 
 use crate::error::{ApiError, ApiResult};
+use crate::guided;
 use crate::model_io::ServedModel;
-use crate::validate;
+use crate::tools::{self, OutputMode};
+use crate::validate::{self, LengthParams};
 use ferrite_protocol::openai::{
     ChatCompletionRequest, CommonParams, CompletionRequest, ContentPart, MessageContent,
     PromptField,
 };
 use ferrite_protocol::{
-    DpRank, PreprocessedRequest, RequestId, SamplingParams, StopConditions, TokenId,
+    DpRank, GuidedDecoding, PreprocessedRequest, RequestId, SamplingParams, StopConditions, TokenId,
 };
 use std::sync::Arc;
 
@@ -54,6 +56,11 @@ pub struct Plan {
     pub include_stop_str: bool,
     pub return_token_ids: bool,
     pub echo: bool,
+    /// How tool calls are read from the output (chat with `tools`).
+    pub tool_mode: Option<OutputMode>,
+    /// Route to this instance only (`x-worker-instance-id`, for debugging); migration may
+    /// still move the request elsewhere.
+    pub pinned: Option<ferrite_protocol::InstanceId>,
 }
 
 impl Plan {
@@ -83,6 +90,8 @@ impl Plan {
             include_stop_str: common.include_stop_str_in_output,
             return_token_ids: common.return_token_ids,
             echo,
+            tool_mode: None,
+            pinned: None,
         }
     }
 
@@ -96,6 +105,7 @@ struct Shared<'a> {
     sampling: SamplingParams,
     requested_max: Option<u32>,
     default_max: u32,
+    names: LengthParams,
 }
 
 fn choices_for(
@@ -117,6 +127,7 @@ fn choices_for(
             s.default_max,
             prompt.len(),
             model.context_length,
+            s.names,
         )?;
         for j in 0..n {
             let mut sampling = s.sampling.clone();
@@ -146,30 +157,28 @@ fn choices_for(
     Ok(out)
 }
 
-/// Plans a `/v1/chat/completions` request.
-pub fn chat(req: &ChatCompletionRequest, model: Arc<ServedModel>) -> ApiResult<Plan> {
-    validate::no_unknown_fields(&req.unknown)?;
-    validate::unsupported(
-        "tools",
-        req.tools.as_ref().is_some_and(|t| !t.is_null()),
-        "tool calling is not implemented yet",
-    )?;
-    validate::unsupported(
-        "tool_choice",
-        req.tool_choice
-            .as_ref()
-            .is_some_and(|t| !t.is_null() && t != "none"),
-        "tool calling is not implemented yet",
-    )?;
-    let fmt_ok = req
-        .response_format
-        .as_ref()
-        .is_none_or(|f| f.is_null() || f.get("type").and_then(|t| t.as_str()) == Some("text"));
-    validate::unsupported(
-        "response_format",
-        !fmt_ok,
-        "only {\"type\": \"text\"} is supported",
-    )?;
+/// A simulated model cannot constrain its output: such requests are refused; and a
+/// constraint the worker's grammar compiler rejects is refused up front.
+fn check_guided(
+    model: &ServedModel,
+    guided: &Option<(GuidedDecoding, &'static str)>,
+) -> ApiResult<()> {
+    match guided {
+        Some((_, field)) if model.simulated => Err(ApiError::invalid(
+            *field,
+            format!(
+                "`{field}` needs structured output, which the model `{}` cannot honour: it is served by the mocker (a simulated engine that generates no real text)",
+                model.name
+            ),
+        )),
+        // What the worker's grammar compiler would refuse is a 400 here, not a failed step.
+        Some((g, field)) => ferrite_structured::validate(g)
+            .map_err(|e| ApiError::invalid(*field, format!("`{field}` cannot be enforced: {e}"))),
+        None => Ok(()),
+    }
+}
+
+fn check_messages(req: &ChatCompletionRequest, model: &ServedModel) -> ApiResult<()> {
     if req.messages.is_empty() {
         return Err(ApiError::invalid(
             "messages",
@@ -197,19 +206,46 @@ pub fn chat(req: &ChatCompletionRequest, model: Arc<ServedModel>) -> ApiResult<P
             ));
         }
     }
+    tools::check_history(&req.messages)
+}
+
+/// Plans a `/v1/chat/completions` request.
+pub fn chat(req: &ChatCompletionRequest, model: Arc<ServedModel>) -> ApiResult<Plan> {
+    validate::no_unknown_fields(&req.unknown)?;
+    check_messages(req, &model)?;
+    let tool_plan = tools::plan(
+        req.tools.as_ref(),
+        req.tool_choice.as_ref(),
+        req.parallel_tool_calls,
+        model.tool_format(),
+    )?;
     if req.top_logprobs.is_some() && !req.logprobs {
         return Err(ApiError::invalid(
             "top_logprobs",
             "`top_logprobs` requires `logprobs: true`",
         ));
     }
+    validate::logprobs("top_logprobs", req.top_logprobs, validate::MAX_TOP_LOGPROBS)?;
     let logprobs = req.logprobs.then(|| req.top_logprobs.unwrap_or(0));
-    let sampling = validate::sampling(&req.common, logprobs, model.vocab_size)?;
+    let mut sampling = validate::sampling(&req.common, logprobs, model.vocab_size)?;
+    let mut guided = guided::from_request(&req.common, req.response_format.as_ref())?;
+    if let Some(forced) = tool_plan.as_ref().and_then(|t| t.guided.clone()) {
+        if let Some((_, field)) = &guided {
+            return Err(ApiError::invalid(
+                "tool_choice",
+                format!("a forced tool call (`tool_choice`) cannot be combined with `{field}`"),
+            ));
+        }
+        guided = Some((forced, "tool_choice"));
+    }
+    check_guided(&model, &guided)?;
+    sampling.guided = guided.map(|(g, _)| g);
     let stop_strings = validate::stop_strings(&req.common)?;
     let text = model.render_chat(
         &req.messages,
         req.add_generation_prompt,
         req.chat_template_kwargs.as_ref(),
+        tool_plan.as_ref().map(|t| t.tools.as_slice()),
     )?;
     let prompt = model.encode(&text, false)?;
     let shared = Shared {
@@ -217,10 +253,18 @@ pub fn chat(req: &ChatCompletionRequest, model: Arc<ServedModel>) -> ApiResult<P
         sampling,
         requested_max: req.max_completion_tokens.or(req.max_tokens),
         default_max: model.context_length,
+        names: LengthParams {
+            prompt: "messages",
+            max: if req.max_completion_tokens.is_some() {
+                "max_completion_tokens"
+            } else {
+                "max_tokens"
+            },
+        },
     };
     let prompts = vec![prompt];
     let choices = choices_for(&model, &prompts, &shared)?;
-    Ok(Plan::new(
+    let mut plan = Plan::new(
         Endpoint::Chat,
         &req.common,
         model,
@@ -229,7 +273,9 @@ pub fn chat(req: &ChatCompletionRequest, model: Arc<ServedModel>) -> ApiResult<P
         choices,
         stop_strings,
         false,
-    ))
+    );
+    plan.tool_mode = tool_plan.map(|t| t.mode);
+    Ok(plan)
 }
 
 /// Plans a `/v1/completions` request.
@@ -246,7 +292,16 @@ pub fn completion(req: &CompletionRequest, model: Arc<ServedModel>) -> ApiResult
         req.best_of.is_some_and(|b| b != n),
         "`best_of` must equal `n`",
     )?;
-    let sampling = validate::sampling(&req.common, req.logprobs, model.vocab_size)?;
+    validate::logprobs("logprobs", req.logprobs, validate::MAX_COMPLETION_LOGPROBS)?;
+    validate::unsupported(
+        "echo",
+        req.echo && req.logprobs.is_some(),
+        "`echo` with `logprobs` needs the prompt tokens' logprobs, which the engines do not compute",
+    )?;
+    let mut sampling = validate::sampling(&req.common, req.logprobs, model.vocab_size)?;
+    let guided = guided::from_request(&req.common, req.response_format.as_ref())?;
+    check_guided(&model, &guided)?;
+    sampling.guided = guided.map(|(g, _)| g);
     let stop_strings = validate::stop_strings(&req.common)?;
     let (prompts, prompt_texts) = match &req.prompt {
         PromptField::Text(t) => (vec![model.encode(t, true)?], vec![t.clone()]),
@@ -274,6 +329,10 @@ pub fn completion(req: &CompletionRequest, model: Arc<ServedModel>) -> ApiResult
         sampling,
         requested_max: req.max_tokens,
         default_max: COMPLETIONS_DEFAULT_MAX_TOKENS,
+        names: LengthParams {
+            prompt: "prompt",
+            max: "max_tokens",
+        },
     };
     let choices = choices_for(&model, &prompts, &shared)?;
     if choices.len() > validate::MAX_N as usize {
@@ -296,3 +355,7 @@ pub fn completion(req: &CompletionRequest, model: Arc<ServedModel>) -> ApiResult
         req.echo,
     ))
 }
+
+#[cfg(test)]
+#[path = "plan_tests.rs"]
+mod tests;

@@ -1,13 +1,14 @@
 //! Shapes deltas into OpenAI chunks and final responses.
 
-use crate::choice::{ChoiceState, Delta};
+use crate::choice::{ChoiceState, Delta, finish_string};
 use crate::model_io::ServedModel;
 use crate::plan::{Endpoint, Plan};
 use ferrite_protocol::TokenLogprob;
 use ferrite_protocol::openai::{
     AssistantMessage, ChatChoice, ChatChunkChoice, ChatCompletionChunk, ChatCompletionResponse,
     ChatDelta, ChatLogprobs, ChatTokenLogprob, CompletionChoice, CompletionLogprobs,
-    CompletionResponse, PromptTokensDetails, TopLogprob, Usage,
+    CompletionResponse, FunctionCallDelta, PromptTokensDetails, ToolCall, ToolCallDelta,
+    TopLogprob, Usage,
 };
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -39,7 +40,15 @@ impl Header {
 pub fn usage(plan: &Plan, choices: &[ChoiceState]) -> Usage {
     let completion: u32 = choices.iter().map(ChoiceState::completion_tokens).sum();
     let prompt = plan.prompt_tokens();
-    let cached: u32 = choices.iter().map(|c| c.cached_tokens).max().unwrap_or(0);
+    // A prompt counts once in `prompt_tokens`, so once here: the fewest cached tokens any
+    // of its choices saw (later choices may reuse what the first one just computed).
+    let mut per_prompt: Vec<Option<u32>> = vec![None; plan.prompts.len()];
+    for (c, cp) in choices.iter().zip(&plan.choices) {
+        if let Some(p) = per_prompt.get_mut(cp.prompt_index) {
+            *p = Some(p.map_or(c.cached_tokens, |v| v.min(c.cached_tokens)));
+        }
+    }
+    let cached: u32 = per_prompt.iter().flatten().sum();
     Usage {
         prompt_tokens: prompt,
         completion_tokens: completion,
@@ -116,6 +125,7 @@ pub fn chat_role_chunk(h: &Header, index: u32) -> Value {
             delta: ChatDelta {
                 role: Some("assistant".into()),
                 content: Some(String::new()),
+                tool_calls: None,
             },
             logprobs: None,
             finish_reason: None,
@@ -130,7 +140,7 @@ pub fn delta_chunk(plan: &Plan, h: &Header, st: &ChoiceState, d: &Delta) -> Opti
     if d.text.is_empty() && d.finish_reason.is_none() && d.token_ids.is_empty() {
         return None;
     }
-    let finish_reason = d.finish_reason.map(|f| f.as_openai().to_string());
+    let finish_reason = finish_string(d.finish_reason, !d.tool_calls.is_empty());
     let token_ids = plan.return_token_ids.then(|| d.token_ids.clone());
     let lp = wants_logprobs(plan);
     Some(match plan.endpoint {
@@ -143,7 +153,9 @@ pub fn delta_chunk(plan: &Plan, h: &Header, st: &ChoiceState, d: &Delta) -> Opti
                 index: st.index,
                 delta: ChatDelta {
                     role: None,
-                    content: Some(d.text.clone()),
+                    content: (!d.text.is_empty() || d.tool_calls.is_empty())
+                        .then(|| d.text.clone()),
+                    tool_calls: (!d.tool_calls.is_empty()).then(|| tool_deltas(&d.tool_calls)),
                 },
                 logprobs: lp.then(|| chat_logprobs(&plan.model, &d.logprobs)),
                 finish_reason,
@@ -168,6 +180,45 @@ pub fn delta_chunk(plan: &Plan, h: &Header, st: &ChoiceState, d: &Delta) -> Opti
             }],
             usage: None,
         }),
+    })
+}
+
+/// Each tool call as one streamed delta carrying the whole call.
+fn tool_deltas(calls: &[ToolCall]) -> Vec<ToolCallDelta> {
+    calls
+        .iter()
+        .enumerate()
+        .map(|(i, c)| ToolCallDelta {
+            index: i as u32,
+            id: Some(c.id.clone()),
+            kind: Some(c.kind.clone()),
+            function: FunctionCallDelta {
+                name: Some(c.function.name.clone()),
+                arguments: Some(c.function.arguments.clone()),
+            },
+        })
+        .collect()
+}
+
+/// The first chunk of a streamed completions choice with `echo`: the prompt text.
+pub fn echo_chunk(plan: &Plan, h: &Header, index: u32, prompt_index: usize) -> Value {
+    json(&CompletionResponse {
+        id: h.id.clone(),
+        object: "text_completion".into(),
+        created: h.created,
+        model: h.model.clone(),
+        choices: vec![CompletionChoice {
+            index,
+            text: plan
+                .prompt_texts
+                .get(prompt_index)
+                .cloned()
+                .unwrap_or_default(),
+            logprobs: None,
+            finish_reason: None,
+            token_ids: None,
+        }],
+        usage: None,
     })
 }
 
@@ -205,10 +256,12 @@ pub fn full_response(
                     index: c.index,
                     message: AssistantMessage {
                         role: "assistant".into(),
-                        content: Some(c.text().to_string()),
+                        content: (!c.content().is_empty() || c.tool_calls.is_empty())
+                            .then(|| c.content().to_string()),
+                        tool_calls: (!c.tool_calls.is_empty()).then(|| c.tool_calls.clone()),
                     },
                     logprobs: lp.then(|| chat_logprobs(&plan.model, l)),
-                    finish_reason: c.finish.map(|f| f.as_openai().to_string()),
+                    finish_reason: c.finish_reason(),
                     token_ids: plan.return_token_ids.then(|| c.token_ids.clone()),
                 })
                 .collect(),
@@ -240,7 +293,7 @@ pub fn full_response(
                         logprobs: lp
                             .then(|| completion_logprobs(&plan.model, l, echo.len() as u32)),
                         text: echo + c.text(),
-                        finish_reason: c.finish.map(|f| f.as_openai().to_string()),
+                        finish_reason: c.finish_reason(),
                         token_ids: plan.return_token_ids.then(|| c.token_ids.clone()),
                     }
                 })

@@ -4,26 +4,81 @@ use crate::error::{ApiError, ApiResult};
 use crate::plan;
 use crate::serve::respond;
 use crate::state::AppState;
-use actix_web::{HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse, web};
 use ferrite_protocol::ErrorKind;
 use ferrite_protocol::openai::{ChatCompletionRequest, CompletionRequest, ModelCard, ModelList};
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+/// Every route the server serves, `(method, path)`: `configure` registers exactly these,
+/// and the committed OpenAPI document must list exactly these (a test checks).
+pub const ROUTES: &[(&str, &str)] = &[
+    ("POST", "/v1/chat/completions"),
+    ("POST", "/v1/completions"),
+    ("GET", "/v1/models"),
+    ("GET", "/health"),
+    ("GET", "/live"),
+    ("GET", "/metrics"),
+];
+
+/// The handler of one entry of [`ROUTES`].
+fn route_for(method: &str, path: &str) -> Option<actix_web::Route> {
+    Some(match (method, path) {
+        ("POST", "/v1/chat/completions") => web::post().to(chat),
+        ("POST", "/v1/completions") => web::post().to(completions),
+        ("GET", "/v1/models") => web::get().to(models),
+        ("GET", "/health") => web::get().to(health),
+        ("GET", "/live") => web::get().to(live),
+        ("GET", "/metrics") => web::get().to(metrics),
+        _ => return None,
+    })
+}
+
+/// Registers [`ROUTES`] and the JSON 404 for everything else.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    for (method, path) in ROUTES {
+        if let Some(r) = route_for(method, path) {
+            cfg.route(path, r);
+        }
+    }
+    cfg.default_service(web::to(not_found));
+}
+
+/// The `x-worker-instance-id` header: route this request to that instance only.
+fn pinned_instance(http: &HttpRequest) -> ApiResult<Option<ferrite_protocol::InstanceId>> {
+    let Some(v) = http.headers().get(PIN_HEADER) else {
+        return Ok(None);
+    };
+    v.to_str()
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .map(Some)
+        .ok_or_else(|| {
+            ApiError::invalid(
+                PIN_HEADER,
+                format!("`{PIN_HEADER}` must be an instance id (hex), got {v:?}"),
+            )
+        })
+}
+
+/// Header pinning a request to one worker instance.
+pub const PIN_HEADER: &str = "x-worker-instance-id";
+
 pub struct Inflight(pub AtomicUsize);
 
-struct InflightGuard<'a>(&'a AtomicUsize);
+/// One admitted request; released when the response (stream included) is dropped.
+pub struct InflightGuard(web::Data<Inflight>);
 
-impl Drop for InflightGuard<'_> {
+impl Drop for InflightGuard {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.0.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
-fn admit<'a>(inflight: &'a Inflight, max: usize) -> ApiResult<InflightGuard<'a>> {
+fn admit(inflight: &web::Data<Inflight>, max: usize) -> ApiResult<InflightGuard> {
     let now = inflight.0.fetch_add(1, Ordering::Relaxed);
-    let guard = InflightGuard(&inflight.0);
+    let guard = InflightGuard(inflight.clone());
     if now >= max {
         return Err(ApiError::new(
             ErrorKind::Overloaded,
@@ -31,6 +86,45 @@ fn admit<'a>(inflight: &'a Inflight, max: usize) -> ApiResult<InflightGuard<'a>>
         ));
     }
     Ok(guard)
+}
+
+/// A body over the limit: 413 in OpenAI's error shape.
+fn too_large(limit: usize, got: Option<usize>) -> HttpResponse {
+    let got = got.map(|g| format!(" ({g} bytes)")).unwrap_or_default();
+    HttpResponse::PayloadTooLarge().json(serde_json::json!({"error": {
+        "message": format!("the request body is larger than the limit of {limit} bytes{got}"),
+        "type": "invalid_request_error", "param": null, "code": 413}}))
+}
+
+/// Reads the body up to `limit` bytes; `Err` is the 413 answer.
+async fn read_body(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+) -> Result<web::Bytes, ApiResult<HttpResponse>> {
+    use futures::StreamExt;
+    let declared = req
+        .headers()
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if let Some(n) = declared.filter(|&n| n > limit) {
+        return Err(Ok(too_large(limit, Some(n))));
+    }
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| {
+            Err(ApiError::new(
+                ErrorKind::InvalidRequest,
+                format!("reading the request body: {e}"),
+            ))
+        })?;
+        if body.len() + chunk.len() > limit {
+            return Err(Ok(too_large(limit, None)));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
 }
 
 fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
@@ -55,25 +149,37 @@ fn lookup(state: &AppState, model: &str) -> ApiResult<Arc<crate::model_io::Serve
 pub async fn chat(
     state: web::Data<Arc<AppState>>,
     inflight: web::Data<Inflight>,
-    body: web::Bytes,
+    http: HttpRequest,
+    payload: web::Payload,
 ) -> ApiResult<HttpResponse> {
-    let _g = admit(&inflight, state.config.max_inflight)?;
+    let body = match read_body(&http, payload, state.config.max_body_bytes).await {
+        Ok(b) => b,
+        Err(answer) => return answer,
+    };
+    let admitted = admit(&inflight, state.config.max_inflight)?;
     let req: ChatCompletionRequest = parse(&body)?;
     let model = lookup(&state, &req.model)?;
-    let plan = plan::chat(&req, model)?;
-    respond(state.get_ref().clone(), plan).await
+    let mut plan = plan::chat(&req, model)?;
+    plan.pinned = pinned_instance(&http)?;
+    respond(state.get_ref().clone(), plan, admitted).await
 }
 
 pub async fn completions(
     state: web::Data<Arc<AppState>>,
     inflight: web::Data<Inflight>,
-    body: web::Bytes,
+    http: HttpRequest,
+    payload: web::Payload,
 ) -> ApiResult<HttpResponse> {
-    let _g = admit(&inflight, state.config.max_inflight)?;
+    let body = match read_body(&http, payload, state.config.max_body_bytes).await {
+        Ok(b) => b,
+        Err(answer) => return answer,
+    };
+    let admitted = admit(&inflight, state.config.max_inflight)?;
     let req: CompletionRequest = parse(&body)?;
     let model = lookup(&state, &req.model)?;
-    let plan = plan::completion(&req, model)?;
-    respond(state.get_ref().clone(), plan).await
+    let mut plan = plan::completion(&req, model)?;
+    plan.pinned = pinned_instance(&http)?;
+    respond(state.get_ref().clone(), plan, admitted).await
 }
 
 pub async fn models(state: web::Data<Arc<AppState>>) -> HttpResponse {

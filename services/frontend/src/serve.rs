@@ -2,9 +2,10 @@
 
 use crate::choice::ChoiceState;
 use crate::error::ApiError;
-use crate::generate::{CancelGuard, ChoiceItem, run_choice};
+use crate::generate::{CancelGuard, ChoiceItem, ChoiceRoute, PrefillDone, run_choice};
 use crate::plan::Plan;
 use crate::response::{self, Header};
+use crate::routes::InflightGuard;
 use crate::state::AppState;
 use actix_web::HttpResponse;
 use actix_web::web::Bytes;
@@ -24,10 +25,12 @@ struct RequestMetrics {
     start: Instant,
     last_token: Option<Instant>,
     done: bool,
+    /// Counts against the frontend's in-flight limit until the response is done.
+    _admitted: InflightGuard,
 }
 
 impl RequestMetrics {
-    fn new(plan: &Plan) -> Self {
+    fn new(plan: &Plan, admitted: InflightGuard) -> Self {
         metrics::gauge!(names::FRONTEND_INFLIGHT_REQUESTS).increment(1.0);
         metrics::histogram!(names::FRONTEND_INPUT_TOKENS).record(plan.prompt_tokens() as f64);
         Self {
@@ -36,6 +39,7 @@ impl RequestMetrics {
             start: Instant::now(),
             last_token: None,
             done: false,
+            _admitted: admitted,
         }
     }
 
@@ -75,6 +79,12 @@ impl Drop for RequestMetrics {
 
 type Tagged = (usize, ChoiceItem);
 
+/// How long a streamed request waits for its first output before answering 200 and
+/// streaming keep-alives (errors until then get their own HTTP status).
+const FIRST_OUTPUT_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
+/// An SSE comment line is sent when a stream has been silent this long.
+const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Starts every choice; the tokens end a choice early (stop strings).
 fn launch(
     state: &Arc<AppState>,
@@ -85,12 +95,46 @@ fn launch(
         .iter()
         .map(|_| CancellationToken::new())
         .collect();
-    let streams = plan.choices.iter().enumerate().map(|(i, c)| {
+    // Choices of one prompt share its KV blocks: the first choice of each prompt runs at
+    // once; the others start when it has produced its first output (its prompt blocks
+    // are then in the worker's prefix cache) and are pinned to the same instance.
+    let mut leaders: std::collections::HashMap<usize, PrefillDone> =
+        std::collections::HashMap::new();
+    let mut streams = Vec::with_capacity(plan.choices.len());
+    for (i, c) in plan.choices.iter().enumerate() {
         let guard = CancelGuard::new(state.cancel_tx.clone());
-        run_choice(state.clone(), c.request.clone(), guard, tokens[i].clone())
-            .map(move |item| (i, item))
-            .boxed()
-    });
+        let (state, req, token) = (state.clone(), c.request.clone(), tokens[i].clone());
+        let s = match leaders.get(&c.prompt_index) {
+            None => {
+                let (tx, rx) = tokio::sync::watch::channel(None);
+                leaders.insert(c.prompt_index, rx);
+                run_choice(
+                    state,
+                    req,
+                    guard,
+                    token,
+                    ChoiceRoute::new(plan.pinned, Some(tx)),
+                )
+                .boxed()
+            }
+            Some(rx) => {
+                let mut rx = rx.clone();
+                let pinned = plan.pinned;
+                stream! {
+                    // The leader's instance, or none if it failed before its first output.
+                    let leader = rx.wait_for(Option::is_some).await.ok().and_then(|v| *v);
+                    let route = ChoiceRoute::new(leader.or(pinned), None);
+                    let inner = run_choice(state, req, guard, token, route);
+                    futures::pin_mut!(inner);
+                    while let Some(item) = inner.next().await {
+                        yield item;
+                    }
+                }
+                .boxed()
+            }
+        };
+        streams.push(s.map(move |item| (i, item)).boxed());
+    }
     let merged = select_all(streams);
     let deadline = state.config.request_timeout;
     let merged_with_deadline = stream! {
@@ -125,6 +169,7 @@ fn states(plan: &Plan) -> Vec<ChoiceState> {
                 &plan.prompts[c.prompt_index],
                 plan.stop_strings.clone(),
                 plan.include_stop_str,
+                plan.tool_mode.clone(),
             )
         })
         .collect()
@@ -132,23 +177,36 @@ fn states(plan: &Plan) -> Vec<ChoiceState> {
 
 /// Answers a planned request. Errors before the first byte become HTTP errors; later ones
 /// an SSE error event.
-pub async fn respond(state: Arc<AppState>, plan: Plan) -> Result<HttpResponse, ApiError> {
-    let mut m = RequestMetrics::new(&plan);
+pub async fn respond(
+    state: Arc<AppState>,
+    plan: Plan,
+    admitted: InflightGuard,
+) -> Result<HttpResponse, ApiError> {
+    let mut m = RequestMetrics::new(&plan, admitted);
     let (mut events, stops) = launch(&state, &plan);
-    // Wait for the first output so that routing and admission errors get a real status.
-    let first = events.next().await;
-    let first = match first {
-        Some((_, Err(e))) => {
+    // Wait (briefly, for streams) for the first output so that routing and admission
+    // errors get a real status. A stream still waiting after that (queued, or in a long
+    // prefill) starts at once with SSE keep-alive comments, so a client that hangs up is
+    // noticed and the request cancelled on the worker before its first token.
+    let first = if plan.stream {
+        tokio::time::timeout(FIRST_OUTPUT_GRACE, events.next())
+            .await
+            .ok()
+    } else {
+        Some(events.next().await)
+    };
+    let events: BoxStream<'static, Tagged> = match first {
+        Some(Some((_, Err(e)))) => {
             m.finish(e.kind.http_status(), 0);
             return Err(ApiError(e));
         }
-        Some(x) => x,
-        None => {
+        Some(Some(x)) => futures::stream::iter([x]).chain(events).boxed(),
+        Some(None) => {
             m.finish(500, 0);
             return Err(ApiError::new(ErrorKind::Internal, "no output"));
         }
+        None => events,
     };
-    let events = futures::stream::iter([first]).chain(events);
     if plan.stream {
         let body = sse(plan, events, stops, m);
         Ok(HttpResponse::Ok()
@@ -217,11 +275,25 @@ fn sse(
             for s in &st {
                 yield event(&response::chat_role_chunk(&h, s.index));
             }
+        } else if plan.echo {
+            for c in &plan.choices {
+                yield event(&response::echo_chunk(&plan, &h, c.index, c.prompt_index));
+            }
         }
         let mut open = st.len();
         let mut status = 200;
+        let mut keepalive = tokio::time::interval(KEEPALIVE_INTERVAL);
+        keepalive.reset();
         while open > 0 {
-            let Some((i, item)) = events.next().await else { break };
+            let next = tokio::select! {
+                next = events.next() => next,
+                _ = keepalive.tick() => {
+                    yield Ok(Bytes::from_static(b": keep-alive\n\n"));
+                    continue;
+                }
+            };
+            let Some((i, item)) = next else { break };
+            keepalive.reset();
             match item {
                 Ok(out) => {
                     m.token();
@@ -232,7 +304,11 @@ fn sse(
                     if d.finish_reason.is_some() {
                         open -= 1;
                     }
-                    if let Some(chunk) = response::delta_chunk(&plan, &h, &st[i], &d) {
+                    if let Some(mut chunk) = response::delta_chunk(&plan, &h, &st[i], &d) {
+                        if plan.include_usage {
+                            // OpenAI: every chunk has `usage`, null but in the last one.
+                            chunk["usage"] = serde_json::Value::Null;
+                        }
                         yield event(&chunk);
                     }
                 }

@@ -5,14 +5,17 @@ use crate::config::FrontendConfig;
 use crate::generate::CancelOrder;
 use crate::model_io::ServedModel;
 use actix::Addr;
+use ferrite_protocol::ControlMessage;
 use ferrite_protocol::{
     DpRank, ErrorInfo, ErrorKind, InstanceId, InstanceRecord, KvEventBatch, ModelRecord,
     PreprocessedRequest, WorkerLoad, names,
 };
 use ferrite_router::{
-    InstanceDown, InstanceUp, KvEvents, LoadReport, Route, RouteRequest, RouterActor,
+    InstanceDown, InstanceUp, KvEvents, KvIndexedBlocks, LoadReport, PendingDumps, RouteRequest,
+    RouteWithOverlap, RouterActor,
 };
 use ferrite_runtime::{Bus, Discovery, DiscoveryEvent};
+use ferrite_telemetry::names as metric;
 use futures::StreamExt;
 use parking_lot::RwLock;
 use std::collections::HashMap;
@@ -34,6 +37,8 @@ pub struct AppState {
     pub cancel_tx: UnboundedSender<CancelOrder>,
     /// Instances whose discovery record was deleted (lease expired or drained).
     pub instance_down: tokio::sync::broadcast::Sender<InstanceId>,
+    /// Control subject of each live instance (to ask for KV dumps).
+    control: RwLock<HashMap<InstanceId, String>>,
     models: RwLock<HashMap<String, ModelSlot>>,
     /// model key → (model name) to undo on delete.
     model_keys: RwLock<HashMap<String, String>>,
@@ -54,6 +59,7 @@ impl AppState {
             router,
             cancel_tx,
             instance_down: tokio::sync::broadcast::channel(256).0,
+            control: RwLock::new(HashMap::new()),
             models: RwLock::new(HashMap::new()),
             model_keys: RwLock::new(HashMap::new()),
         }
@@ -80,18 +86,54 @@ impl AppState {
         v
     }
 
+    /// Routes a request (to `pinned` only, when given), skipping `exclude`.
     pub async fn route(
         &self,
         req: &PreprocessedRequest,
         exclude: &[InstanceId],
+        pinned: Option<InstanceId>,
     ) -> Result<(InstanceId, DpRank, InstanceRecord), ErrorInfo> {
-        let msg = Route {
-            req: RouteRequest::from_preprocessed(req),
+        let mut rr = RouteRequest::from_preprocessed(req);
+        rr.pinned = pinned;
+        let msg = RouteWithOverlap {
+            req: rr,
             exclude: exclude.to_vec(),
         };
-        match self.router.send(msg).await {
-            Ok(r) => r.map_err(|e| e.to_error_info()),
+        let started = std::time::Instant::now();
+        let answer = self.router.send(msg).await;
+        metrics::histogram!(metric::ROUTER_ROUNDTRIP_SECONDS)
+            .record(started.elapsed().as_secs_f64());
+        match answer {
+            Ok(Ok(d)) => {
+                metrics::counter!(metric::ROUTER_PROMPT_BLOCKS_TOTAL)
+                    .increment(d.prompt_blocks as u64);
+                metrics::counter!(metric::ROUTER_OVERLAP_BLOCKS_TOTAL)
+                    .increment(d.overlap_blocks as u64);
+                Ok((d.instance_id, d.dp_rank, d.record))
+            }
+            Ok(Err(e)) => Err(e.to_error_info()),
             Err(e) => Err(ErrorInfo::new(ErrorKind::Internal, format!("router: {e}"))),
+        }
+    }
+
+    /// Asks workers for a full dump of their cached blocks (KV-aware routing: a new
+    /// worker, or a gap in its event ids).
+    async fn request_dumps(&self, workers: Vec<(InstanceId, DpRank)>) {
+        let mut seen = std::collections::HashSet::new();
+        for (id, _) in workers {
+            if !seen.insert(id) {
+                continue;
+            }
+            let Some(subject) = self.control.read().get(&id).cloned() else {
+                continue;
+            };
+            let Ok(bytes) = ferrite_protocol::codec::encode(&ControlMessage::DumpKv) else {
+                continue;
+            };
+            metrics::counter!(metric::ROUTER_KV_DUMPS_REQUESTED_TOTAL).increment(1);
+            if let Err(e) = self.bus.publish(&subject, bytes.into()).await {
+                tracing::warn!(instance = %id, "KV dump request not sent: {e}");
+            }
         }
     }
 
@@ -147,13 +189,18 @@ impl AppState {
         }
     }
 
-    fn on_instance_event(&self, ev: DiscoveryEvent) {
+    async fn on_instance_event(&self, ev: DiscoveryEvent) {
         match ev {
             DiscoveryEvent::Put { key, value } => {
                 match serde_json::from_slice::<InstanceRecord>(&value) {
                     Ok(rec) => {
                         tracing::info!(instance = %rec.instance_id, model = %rec.model, "instance up");
-                        self.router.do_send(InstanceUp(rec));
+                        let id = rec.instance_id;
+                        self.control.write().insert(id, rec.control_subject.clone());
+                        if let Ok(true) = self.router.send(InstanceUp(rec)).await {
+                            // A new worker: learn what it already caches.
+                            self.request_dumps(vec![(id, DpRank::default())]).await;
+                        }
                     }
                     Err(e) => tracing::warn!(%key, "bad instance record: {e}"),
                 }
@@ -166,6 +213,7 @@ impl AppState {
                 {
                     Some(id) => {
                         tracing::info!(instance = %id, "instance down");
+                        self.control.write().remove(&id);
                         self.router.do_send(InstanceDown(id));
                         let _ = self.instance_down.send(id);
                     }
@@ -211,7 +259,7 @@ pub async fn start_watchers(
     let s = state.clone();
     tasks.push(tokio::spawn(async move {
         while let Some(ev) = instances.next().await {
-            s.on_instance_event(ev);
+            s.on_instance_event(ev).await;
         }
     }));
 
@@ -229,11 +277,35 @@ pub async fn start_watchers(
         .bus
         .subscribe(&format!("ferrite.{ns}.kv_events.>"))
         .await?;
-    let router = state.router.clone();
+    let s = state.clone();
     tasks.push(tokio::spawn(async move {
         while let Some(msg) = kv.next().await {
-            if let Ok(batch) = ferrite_protocol::codec::decode::<KvEventBatch>(&msg.payload) {
-                router.do_send(KvEvents(batch));
+            let Ok(batch) = ferrite_protocol::codec::decode::<KvEventBatch>(&msg.payload) else {
+                continue;
+            };
+            metrics::counter!(metric::ROUTER_KV_EVENTS_TOTAL).increment(batch.events.len() as u64);
+            if let Ok(dumps) = s.router.send(KvEvents(batch)).await
+                && !dumps.is_empty()
+            {
+                s.request_dumps(dumps).await;
+            }
+        }
+    }));
+
+    // Dumps asked for but not answered (lost on the bus) are asked for again; the index
+    // size is exported.
+    let s = state.clone();
+    tasks.push(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
+        loop {
+            tick.tick().await;
+            if let Ok(pending) = s.router.send(PendingDumps).await
+                && !pending.is_empty()
+            {
+                s.request_dumps(pending).await;
+            }
+            if let Ok(Some(n)) = s.router.send(KvIndexedBlocks).await {
+                metrics::gauge!(metric::ROUTER_INDEXED_BLOCKS).set(n as f64);
             }
         }
     }));

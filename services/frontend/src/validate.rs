@@ -10,9 +10,11 @@ use std::collections::BTreeMap;
 /// Most choices per request.
 pub const MAX_N: u32 = 128;
 /// Most stop strings per request.
-pub const MAX_STOP: usize = 16;
-/// Most top logprobs per token.
+pub const MAX_STOP: usize = 32;
+/// Most top logprobs per token (chat `top_logprobs`).
 pub const MAX_TOP_LOGPROBS: u32 = 20;
+/// Most top logprobs per token (completions `logprobs`, as OpenAI).
+pub const MAX_COMPLETION_LOGPROBS: u32 = 5;
 
 fn range(param: &str, v: Option<f32>, lo: f32, hi: f32) -> ApiResult<()> {
     match v {
@@ -60,6 +62,12 @@ pub fn sampling(
     logprobs: Option<u32>,
     vocab_size: u32,
 ) -> ApiResult<SamplingParams> {
+    if c.stream_options.is_some() && !c.stream {
+        return Err(ApiError::invalid(
+            "stream_options",
+            "`stream_options` is only allowed with `stream: true`",
+        ));
+    }
     range("temperature", c.temperature, 0.0, 100.0)?;
     range("top_p", c.top_p, 0.0, 1.0)?;
     if c.top_p == Some(0.0) {
@@ -85,14 +93,6 @@ pub fn sampling(
         return Err(ApiError::invalid(
             "n",
             format!("`n` must be between 1 and {MAX_N}, got {n}"),
-        ));
-    }
-    if let Some(k) = logprobs
-        && k > MAX_TOP_LOGPROBS
-    {
-        return Err(ApiError::invalid(
-            "logprobs",
-            format!("at most {MAX_TOP_LOGPROBS} top logprobs, got {k}"),
         ));
     }
     let mut logit_bias = BTreeMap::new();
@@ -133,13 +133,24 @@ pub fn sampling(
     })
 }
 
+/// The number of top logprobs asked for, at most `max`.
+pub fn logprobs(param: &str, k: Option<u32>, max: u32) -> ApiResult<()> {
+    match k {
+        Some(k) if k > max => Err(ApiError::invalid(
+            param,
+            format!("`{param}` must be between 0 and {max}, got {k}"),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Stop strings, checked.
 pub fn stop_strings(c: &CommonParams) -> ApiResult<Vec<String>> {
     let stops = c.stop.clone().map(|s| s.into_vec()).unwrap_or_default();
     if stops.len() > MAX_STOP {
         return Err(ApiError::invalid(
             "stop",
-            format!("at most {MAX_STOP} stop strings"),
+            format!("at most {MAX_STOP} stop strings, got {}", stops.len()),
         ));
     }
     if stops.iter().any(String::is_empty) {
@@ -159,23 +170,33 @@ pub fn token_ids(param: &str, ids: &[TokenId], vocab_size: u32) -> ApiResult<()>
     }
 }
 
+/// Which request fields `max_tokens` errors name.
+#[derive(Clone, Copy, Debug)]
+pub struct LengthParams {
+    /// `messages` or `prompt`.
+    pub prompt: &'static str,
+    /// `max_tokens` or `max_completion_tokens`.
+    pub max: &'static str,
+}
+
 /// `max_tokens`: at least 1, and the prompt plus it must fit the context.
 pub fn max_tokens(
     requested: Option<u32>,
     default: u32,
     prompt_len: usize,
     context: u32,
+    names: LengthParams,
 ) -> ApiResult<u32> {
     if requested == Some(0) {
         return Err(ApiError::invalid(
-            "max_tokens",
-            "`max_tokens` must be at least 1",
+            names.max,
+            format!("`{}` must be at least 1", names.max),
         ));
     }
     let room = (context as usize).saturating_sub(prompt_len) as u32;
     if room == 0 {
         return Err(ApiError::invalid(
-            "messages",
+            names.prompt,
             format!(
                 "this model's maximum context length is {context} tokens, but the prompt has {prompt_len} tokens"
             ),
@@ -183,7 +204,7 @@ pub fn max_tokens(
     }
     match requested {
         Some(m) if m > room => Err(ApiError::invalid(
-            "max_tokens",
+            names.max,
             format!(
                 "this model's maximum context length is {context} tokens; you requested {} tokens ({prompt_len} in the prompt, {m} for the completion)",
                 prompt_len as u64 + m as u64
@@ -235,11 +256,39 @@ mod tests {
 
     #[test]
     fn max_tokens_fits_context() {
-        assert_eq!(max_tokens(None, 16, 10, 100).unwrap(), 16);
-        assert_eq!(max_tokens(None, 1000, 10, 100).unwrap(), 90);
-        assert!(max_tokens(Some(91), 16, 10, 100).is_err());
-        assert!(max_tokens(Some(0), 16, 10, 100).is_err());
-        assert!(max_tokens(None, 16, 100, 100).is_err());
+        let n = LengthParams {
+            prompt: "prompt",
+            max: "max_completion_tokens",
+        };
+        assert_eq!(max_tokens(None, 16, 10, 100, n).unwrap(), 16);
+        assert_eq!(max_tokens(None, 1000, 10, 100, n).unwrap(), 90);
+        let e = max_tokens(Some(91), 16, 10, 100, n).unwrap_err();
+        assert_eq!(e.0.param.as_deref(), Some("max_completion_tokens"));
+        assert!(e.0.message.contains("101 tokens"), "{}", e.0.message);
+        assert!(max_tokens(Some(0), 16, 10, 100, n).is_err());
+        let e = max_tokens(None, 16, 120, 100, n).unwrap_err();
+        assert_eq!(e.0.param.as_deref(), Some("prompt"));
+        assert!(
+            e.0.message.contains("100 tokens") && e.0.message.contains("120 tokens"),
+            "{}",
+            e.0.message
+        );
+    }
+
+    #[test]
+    fn limits_of_logprobs_and_stops() {
+        assert!(logprobs("logprobs", Some(5), MAX_COMPLETION_LOGPROBS).is_ok());
+        let e = logprobs("logprobs", Some(6), MAX_COMPLETION_LOGPROBS).unwrap_err();
+        assert!(e.0.message.contains("between 0 and 5"), "{}", e.0.message);
+        let stops: Vec<String> = (0..33).map(|i| format!("s{i}")).collect();
+        let c = CommonParams {
+            stop: Some(ferrite_protocol::openai::StopField::Many(stops)),
+            ..Default::default()
+        };
+        assert_eq!(
+            stop_strings(&c).unwrap_err().0.param.as_deref(),
+            Some("stop")
+        );
     }
 
     #[test]

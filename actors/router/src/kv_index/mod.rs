@@ -10,7 +10,7 @@ mod store;
 
 pub use store::{FastHash, FoldHasher};
 
-use ferrite_protocol::{BlockHash, DpRank, InstanceId, KvEventBatch, KvEventData};
+use ferrite_protocol::{BlockHash, DpRank, InstanceId, KvEventBatch, KvEventData, StorageTier};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use store::HolderSets;
 
@@ -25,7 +25,18 @@ struct Worker {
     last_event_id: u64,
     /// Set on a gap; cleared by a snapshot.
     needs_dump: bool,
+    /// Device-tier (G1) blocks: the ones the prefix query counts.
     blocks: HashSet<BlockHash, FastHash>,
+    /// Offloaded blocks: bit 1 host (G2), bit 2 disk (G3).
+    lower: HashMap<BlockHash, u8, FastHash>,
+}
+
+fn tier_bit(t: StorageTier) -> u8 {
+    match t {
+        StorageTier::Device => 0,
+        StorageTier::Host => 1,
+        StorageTier::Disk => 2,
+    }
 }
 
 /// What applying one batch found.
@@ -148,6 +159,7 @@ impl KvIndex {
             last_event_id: 0,
             needs_dump: false,
             blocks: HashSet::default(),
+            lower: HashMap::default(),
         });
         self.slots.insert(key, slot);
         slot
@@ -177,6 +189,7 @@ impl KvIndex {
             if let Some(w) = self.workers[slot as usize].as_mut() {
                 w.block_size = batch.block_size;
                 w.needs_dump = true;
+                w.lower.clear();
             }
             out.dump_needed = true;
         }
@@ -197,6 +210,10 @@ impl KvIndex {
             }
             w.last_event_id = ev.event_id;
             out.applied += 1;
+            if ev.storage_tier != StorageTier::Device {
+                apply_lower(w, tier_bit(ev.storage_tier), &ev.data);
+                continue;
+            }
             match &ev.data {
                 KvEventData::Stored { blocks, .. } => {
                     for &h in blocks {
@@ -211,6 +228,9 @@ impl KvIndex {
                 KvEventData::Cleared => self.clear_slot(slot),
                 KvEventData::Snapshot { blocks } => {
                     self.clear_slot(slot);
+                    if let Some(w) = self.workers[slot as usize].as_mut() {
+                        w.lower.clear();
+                    }
                     for &h in blocks {
                         self.insert(slot, h);
                     }
@@ -250,6 +270,50 @@ impl KvIndex {
         for h in blocks {
             self.store.remove(h, slot);
         }
+    }
+
+    /// Offloaded (G2/G3) blocks `key` holds.
+    pub fn worker_lower_blocks(&self, key: WorkerKey) -> usize {
+        self.worker(key).map_or(0, |w| w.lower.len())
+    }
+
+    /// The tier `key` holds `hash` in, the fastest if several (`None`: not held).
+    pub fn tier_of(&self, key: WorkerKey, hash: BlockHash) -> Option<StorageTier> {
+        let w = self.worker(key)?;
+        if w.blocks.contains(&hash) {
+            return Some(StorageTier::Device);
+        }
+        match w.lower.get(&hash).copied().unwrap_or(0) {
+            0 => None,
+            b if b & 2 != 0 => Some(StorageTier::Host),
+            _ => Some(StorageTier::Disk),
+        }
+    }
+
+    /// How the prefix continues on `key` after its first `from` (device) blocks: the
+    /// leading run of `hashes[from..]` held in any tier, counted per tier (index
+    /// `StorageTier::index`). One lookup per counted hash.
+    pub fn tier_run(&self, key: WorkerKey, hashes: &[BlockHash], from: usize) -> [u32; 3] {
+        let mut n = [0u32; 3];
+        let Some(w) = self.worker(key) else {
+            return n;
+        };
+        if w.lower.is_empty() {
+            return n;
+        }
+        for h in hashes.iter().skip(from) {
+            let t = if w.blocks.contains(h) {
+                StorageTier::Device
+            } else {
+                match w.lower.get(h).copied().unwrap_or(0) {
+                    0 => break,
+                    b if b & 2 != 0 => StorageTier::Host,
+                    _ => StorageTier::Disk,
+                }
+            };
+            n[t.index()] += 1;
+        }
+        n
     }
 
     /// Drops one worker and all its blocks; returns whether it was known.
@@ -294,6 +358,34 @@ impl KvIndex {
                 (d > 0).then_some((k, d))
             })
             .collect()
+    }
+}
+
+/// Applies a G2/G3 event to a worker's offloaded set (bit `1 << bit`).
+fn apply_lower(w: &mut Worker, bit: u8, data: &KvEventData) {
+    let mask = 1u8 << bit;
+    match data {
+        KvEventData::Stored { blocks, .. } | KvEventData::Snapshot { blocks } => {
+            for h in blocks {
+                *w.lower.entry(*h).or_insert(0) |= mask;
+            }
+        }
+        KvEventData::Removed { blocks } => {
+            for h in blocks {
+                if let Some(b) = w.lower.get_mut(h) {
+                    *b &= !mask;
+                    if *b == 0 {
+                        w.lower.remove(h);
+                    }
+                }
+            }
+        }
+        KvEventData::Cleared => {
+            w.lower.retain(|_, b| {
+                *b &= !mask;
+                *b != 0
+            });
+        }
     }
 }
 

@@ -32,7 +32,7 @@ fn batch(k: WorkerKey, events: Vec<(u64, KvEventData)>) -> KvEventBatch {
         block_size: BS,
         events: events
             .into_iter()
-            .map(|(event_id, data)| KvEvent { event_id, data })
+            .map(|(event_id, data)| KvEvent::device(event_id, data))
             .collect(),
     }
 }

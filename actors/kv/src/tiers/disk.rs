@@ -1,0 +1,309 @@
+//! G3: one preallocated file of fixed-size slots in a local directory.
+//!
+//! Slot layout: a 32-byte header (magic, payload length, block hash, XXH3-64 of the
+//! payload) then the payload. A read checks all four; any mismatch (a torn or truncated
+//! write, bit rot, a slot reused since the read was planned) is [`KvError::Corrupt`] and the
+//! caller treats the block as a miss. The file is created fresh (truncated) at start and
+//! removed on drop: the disk tier is wiped on restart, never trusted across processes.
+//! Stale files of processes that are gone are deleted when a tier opens in the same folder.
+//!
+//! Writes run on one writer thread per file (owned here, joined on drop), so the scheduler
+//! never waits for the disk; a read planned after a write waits for that write to land
+//! (writes complete in order). The first failed write is kept and reported by
+//! [`DiskFile::take_failure`].
+
+use crate::error::{KvError, Result};
+use ferrite_protocol::BlockHash;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Sender, channel};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+
+const MAGIC: u32 = 0x4b56_4633; // "KVF3"
+pub(crate) const HEADER: usize = 32;
+const PREFIX: &str = "ferrite-kvbm-";
+const SUFFIX: &str = ".g3";
+
+static NEXT_FILE: AtomicU64 = AtomicU64::new(0);
+
+/// A planned read of one disk block (runs on the engine thread, off the scheduler).
+#[derive(Clone, Debug)]
+pub struct DiskRead {
+    pub(crate) file: Arc<File>,
+    pub(crate) offset: u64,
+    pub(crate) hash: BlockHash,
+    pub(crate) len: usize,
+    writes: Arc<WriteProgress>,
+    /// Writes submitted before this read was planned.
+    after: u64,
+}
+
+/// Completed writes of a file's writer thread, and its first failure.
+#[derive(Debug, Default)]
+struct WriteProgress {
+    done: Mutex<u64>,
+    cv: Condvar,
+    failure: Mutex<Option<String>>,
+}
+
+impl WriteProgress {
+    fn wait_for(&self, n: u64) {
+        let Ok(mut done) = self.done.lock() else {
+            return;
+        };
+        while *done < n {
+            match self.cv.wait(done) {
+                Ok(d) => done = d,
+                Err(_) => return,
+            }
+        }
+    }
+
+    fn complete(&self, res: std::io::Result<()>) {
+        if let Err(e) = res
+            && let Ok(mut f) = self.failure.lock()
+            && f.is_none()
+        {
+            *f = Some(e.to_string());
+        }
+        if let Ok(mut d) = self.done.lock() {
+            *d += 1;
+        }
+        self.cv.notify_all();
+    }
+}
+
+struct WriteJob {
+    offset: u64,
+    buf: Vec<u8>,
+}
+
+impl DiskRead {
+    /// Reads and verifies the block into `out` (`len` bytes), after the writes that were
+    /// queued before this read was planned.
+    pub fn read_into(&self, out: &mut [u8]) -> Result<()> {
+        self.writes.wait_for(self.after);
+        if out.len() != self.len {
+            return Err(KvError::Corrupt(format!(
+                "buffer of {} bytes for a {}-byte block",
+                out.len(),
+                self.len
+            )));
+        }
+        let mut head = [0u8; HEADER];
+        self.file
+            .read_exact_at(&mut head, self.offset)
+            .map_err(|e| KvError::Corrupt(format!("header of {:?}: {e}", self.hash)))?;
+        self.file
+            .read_exact_at(out, self.offset + HEADER as u64)
+            .map_err(|e| KvError::Corrupt(format!("payload of {:?}: {e}", self.hash)))?;
+        let (magic, len, hash, sum) = parse_header(&head);
+        if magic != MAGIC || len as usize != self.len || hash != self.hash.0 {
+            return Err(KvError::Corrupt(format!(
+                "slot header of {:?} does not match (magic {magic:#x}, len {len}, hash {hash:#x})",
+                self.hash
+            )));
+        }
+        let actual = xxhash_rust::xxh3::xxh3_64(out);
+        if actual != sum {
+            return Err(KvError::Corrupt(format!(
+                "checksum of {:?}: stored {sum:#x}, read {actual:#x}",
+                self.hash
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn parse_header(h: &[u8; HEADER]) -> (u32, u32, u64, u64) {
+    let u32_at = |i: usize| u32::from_le_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
+    let u64_at = |i: usize| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&h[i..i + 8]);
+        u64::from_le_bytes(b)
+    };
+    (u32_at(0), u32_at(4), u64_at(8), u64_at(16))
+}
+
+fn header(len: usize, hash: BlockHash, data: &[u8]) -> [u8; HEADER] {
+    let mut h = [0u8; HEADER];
+    h[0..4].copy_from_slice(&MAGIC.to_le_bytes());
+    h[4..8].copy_from_slice(&(len as u32).to_le_bytes());
+    h[8..16].copy_from_slice(&hash.0.to_le_bytes());
+    h[16..24].copy_from_slice(&xxhash_rust::xxh3::xxh3_64(data).to_le_bytes());
+    h
+}
+
+/// The slot file of one disk tier.
+#[derive(Debug)]
+pub(crate) struct DiskFile {
+    file: Arc<File>,
+    path: Option<PathBuf>,
+    block_bytes: usize,
+    pub(crate) slots: u32,
+    tx: Option<Sender<WriteJob>>,
+    writer: Option<JoinHandle<()>>,
+    writes: Arc<WriteProgress>,
+    submitted: AtomicU64,
+}
+
+impl std::fmt::Debug for WriteJob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "WriteJob@{}", self.offset)
+    }
+}
+
+impl DiskFile {
+    /// Creates a fresh slot file of `slots` slots in `dir` (created if missing), deleting
+    /// stale files of dead processes there first.
+    pub(crate) fn create(dir: &Path, slots: u32, block_bytes: usize) -> Result<Self> {
+        std::fs::create_dir_all(dir).map_err(|e| KvError::io(dir, e))?;
+        remove_stale(dir);
+        let name = format!(
+            "{PREFIX}{}-{}{SUFFIX}",
+            std::process::id(),
+            NEXT_FILE.fetch_add(1, Ordering::Relaxed)
+        );
+        let path = dir.join(name);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .map_err(|e| KvError::io(&path, e))?;
+        let total = u64::from(slots) * (HEADER + block_bytes) as u64;
+        file.set_len(total).map_err(|e| KvError::io(&path, e))?;
+        Self::start(file, Some(path), slots, block_bytes)
+    }
+
+    /// Over an already open file (tests: `/dev/full` for a full disk).
+    pub(crate) fn from_file(file: File, slots: u32, block_bytes: usize) -> Result<Self> {
+        Self::start(file, None, slots, block_bytes)
+    }
+
+    fn start(file: File, path: Option<PathBuf>, slots: u32, block_bytes: usize) -> Result<Self> {
+        let file = Arc::new(file);
+        let writes = Arc::new(WriteProgress::default());
+        let (tx, rx) = channel::<WriteJob>();
+        let (f, w) = (file.clone(), writes.clone());
+        let writer = std::thread::Builder::new()
+            .name("ferrite-kvbm-g3".into())
+            .spawn(move || {
+                for job in rx {
+                    w.complete(f.write_all_at(&job.buf, job.offset));
+                }
+            })
+            .map_err(|e| KvError::Io {
+                path: "disk tier writer thread".into(),
+                message: e.to_string(),
+            })?;
+        Ok(Self {
+            file,
+            path,
+            block_bytes,
+            slots,
+            tx: Some(tx),
+            writer: Some(writer),
+            writes,
+            submitted: AtomicU64::new(0),
+        })
+    }
+
+    /// The first failed write since the last call, if any.
+    pub(crate) fn take_failure(&self) -> Option<String> {
+        self.writes.failure.lock().ok().and_then(|mut f| f.take())
+    }
+
+    /// Waits until every queued write has landed.
+    pub(crate) fn flush(&self) {
+        self.writes.wait_for(self.submitted.load(Ordering::SeqCst));
+    }
+
+    pub(crate) fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    fn offset(&self, slot: u32) -> u64 {
+        u64::from(slot) * (HEADER + self.block_bytes) as u64
+    }
+
+    /// Queues one block's write (header and payload in one `pwrite` on the writer thread).
+    /// `Err` only when the writer is gone; a failed write shows in [`DiskFile::take_failure`].
+    pub(crate) fn write(&self, slot: u32, hash: BlockHash, data: &[u8]) -> std::io::Result<()> {
+        let mut buf = Vec::with_capacity(HEADER + data.len());
+        buf.extend_from_slice(&header(data.len(), hash, data));
+        buf.extend_from_slice(data);
+        let job = WriteJob {
+            offset: self.offset(slot),
+            buf,
+        };
+        match &self.tx {
+            Some(tx) if tx.send(job).is_ok() => {
+                self.submitted.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            }
+            _ => Err(std::io::Error::other("disk tier writer thread is gone")),
+        }
+    }
+
+    pub(crate) fn read_plan(&self, slot: u32, hash: BlockHash) -> DiskRead {
+        DiskRead {
+            file: self.file.clone(),
+            offset: self.offset(slot),
+            hash,
+            len: self.block_bytes,
+            writes: self.writes.clone(),
+            after: self.submitted.load(Ordering::SeqCst),
+        }
+    }
+
+    /// Flips one payload byte of `slot` (tests: corruption).
+    pub(crate) fn corrupt(&self, slot: u32) -> std::io::Result<()> {
+        self.flush();
+        let at = self.offset(slot) + HEADER as u64;
+        let mut b = [0u8; 1];
+        self.file.read_exact_at(&mut b, at)?;
+        b[0] ^= 0x5a;
+        self.file.write_all_at(&b, at)
+    }
+}
+
+impl Drop for DiskFile {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(w) = self.writer.take() {
+            let _ = w.join();
+        }
+        if let Some(p) = &self.path {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// Deletes `ferrite-kvbm-<pid>-<n>.g3` files of processes that no longer exist.
+fn remove_stale(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        let Some(rest) = name
+            .strip_prefix(PREFIX)
+            .and_then(|r| r.strip_suffix(SUFFIX))
+        else {
+            continue;
+        };
+        let pid = rest.split('-').next().and_then(|p| p.parse::<u32>().ok());
+        if let Some(pid) = pid
+            && pid != std::process::id()
+            && !Path::new(&format!("/proc/{pid}")).exists()
+        {
+            tracing::info!(file = %e.path().display(), "removing the disk KV tier of a dead process");
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}

@@ -1,0 +1,197 @@
+//! Speed of the CUDA executor on Llama-3.1-8B shapes with seeded random bf16 weights made
+//! on the GPU (run through the device tool). Prompt ids come from the real Llama-3.1
+//! tokenizer; generation ignores EOS.
+//!
+//! Usage: cuda_bench TOKENIZER_JSON [decode] [prefill] [serve:ISL:OSL:N]...
+//!   invariant:0|1     batch-invariant fixed-row GEMMs off/on (default on)
+//!   gemv:N            use the gemv_small kernel for steps of <= N tokens (0: cuBLAS)
+//!   decode            batch-1 (invariant GEMMs, plain cuBLAS, gemv_small): 128-token prompt, 256 decode steps; inter-token latency
+//!   prefill           one 4096-token prompt (and 1024) in one step; tokens/s
+//!   serve:1024:256:512  N requests through ferrite-scheduler's `Scheduler` (continuous
+//!                     batching, chunked prefill); output and total tokens/s
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use anyhow::{Context, Result};
+use ferrite_cuda::{CudaConfig, CudaExecutor, CudaOptions, Dtype};
+use ferrite_engine::{Batch, Executor, SamplingContext, SeqInput, slot_for};
+use ferrite_protocol::{BlockId, DpRank, PreprocessedRequest, RequestId, SamplingParams, StopConditions};
+use std::time::Instant;
+
+const TEXT: &str = "In the beginning of the long winter the village gathered around the fire \
+and told stories of travellers who had crossed the mountains, of rivers that changed their course, \
+of markets full of spices and cloth, and of the quiet engineers who built bridges that still stand. ";
+
+fn prompt_ids(tok: &ferrite_model::Tokenizer, n: usize, variant: usize) -> Result<Vec<u32>> {
+    let mut text = format!("Request {variant}. ");
+    let mut ids = Vec::new();
+    while ids.len() < n {
+        text.push_str(TEXT);
+        text.push_str(&format!("Chapter {} of story {variant}. ", ids.len()));
+        ids = tok.encode(&text, true)?;
+    }
+    ids.truncate(n);
+    Ok(ids)
+}
+
+fn seq(tokens: &[u32], start: u32, blocks: &[BlockId]) -> SeqInput {
+    SeqInput {
+        request_id: RequestId::default(),
+        tokens: tokens.to_vec(),
+        start_pos: start,
+        block_table: blocks.to_vec(),
+        slot_mapping: (0..tokens.len() as u32).map(|i| slot_for(blocks, 16, start + i).unwrap_or(0)).collect(),
+        sample: true,
+        sampling: SamplingContext::default(),
+    }
+}
+
+fn pct(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+fn decode(ex: &mut CudaExecutor, tok: &ferrite_model::Tokenizer, cfg: &CudaConfig) -> Result<()> {
+    let prompt = prompt_ids(tok, 128, 0)?;
+    let blocks: Vec<BlockId> = (0..24).map(BlockId).collect();
+    let mut out = ex.forward(&Batch { seqs: vec![seq(&prompt, 0, &blocks)] })?;
+    let mut pos = prompt.len() as u32;
+    let mut lat = Vec::new();
+    for _ in 0..256 {
+        let t = out.outputs[0].token;
+        let t0 = Instant::now();
+        out = ex.forward(&Batch { seqs: vec![seq(&[t], pos, &blocks)] })?;
+        lat.push(t0.elapsed().as_secs_f64() * 1e3);
+        pos += 1;
+    }
+    let steady = &mut lat[8..].to_vec();
+    let med = pct(steady, 0.5);
+    let p90 = pct(steady, 0.9);
+    let bytes = cfg.decode_weight_bytes(Dtype::Bf16) as f64;
+    println!(
+        "decode batch 1 (ctx 128..384): ITL median {med:.3} ms, p90 {p90:.3} ms -> {:.1} tok/s; weights {:.2} GB -> {:.2} TB/s ({:.0} % of 3.35 TB/s)",
+        1e3 / med,
+        bytes / 1e9,
+        bytes / (med * 1e-3) / 1e12,
+        100.0 * bytes / (med * 1e-3) / 3.35e12
+    );
+    Ok(())
+}
+
+fn prefill(ex: &mut CudaExecutor, tok: &ferrite_model::Tokenizer, cfg: &CudaConfig) -> Result<()> {
+    for n in [1024usize, 4096] {
+        let prompt = prompt_ids(tok, n, 1)?;
+        let blocks: Vec<BlockId> = (0..(n / 16 + 1) as u32).map(BlockId).collect();
+        let mut times = Vec::new();
+        for _ in 0..4 {
+            let t0 = Instant::now();
+            ex.forward(&Batch { seqs: vec![seq(&prompt, 0, &blocks)] })?;
+            times.push(t0.elapsed().as_secs_f64());
+        }
+        let t = pct(&mut times[1..].to_vec(), 0.5);
+        let flops = 2.0 * (cfg.layer_params() as f64 * n as f64 + (cfg.vocab * cfg.hidden) as f64);
+        println!(
+            "prefill {n} tokens: {:.1} ms -> {:.0} tok/s ({:.0} TFLOP/s counting weight GEMMs only)",
+            t * 1e3,
+            n as f64 / t,
+            flops / t / 1e12
+        );
+    }
+    Ok(())
+}
+
+fn serve(ex: &mut CudaExecutor, tok: &ferrite_model::Tokenizer, isl: usize, osl: usize, n: usize) -> Result<()> {
+    let mut sc = ferrite_scheduler::SchedulerConfig::from_executor(&ex.info());
+    sc.max_num_seqs = 256;
+    sc.max_batched_tokens = 8192;
+    sc.max_prefill_chunk = 8192;
+    let mut s = ferrite_scheduler::Scheduler::new(sc.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let base = prompt_ids(tok, isl + 64, 2)?;
+    for i in 0..n {
+        // Distinct prompts (no prefix-cache hits): rotate the token window per request.
+        let mut ids = prompt_ids(tok, 8, i)?;
+        ids.extend_from_slice(&base[(i % 64)..(i % 64) + isl - 8]);
+        s.enqueue(PreprocessedRequest {
+            request_id: RequestId::new(),
+            model: "bench".into(),
+            token_ids: ids,
+            generated_so_far: 0,
+            sampling: SamplingParams::default(),
+            stop: StopConditions { max_tokens: osl as u32, ignore_eos: true, ..Default::default() },
+            dp_rank: DpRank(0),
+            extra_hash_key: 0,
+        })
+        .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+    }
+    let t0 = Instant::now();
+    let (mut out_toks, mut finished, mut steps, mut first_done) = (0usize, 0usize, 0usize, None);
+    while let Some(batch) = s.schedule() {
+        let out = ex.forward(&batch)?;
+        steps += 1;
+        for (_, o) in s.on_output(&batch, out) {
+            out_toks += o.token_ids.len();
+            if o.finish_reason.is_some() {
+                finished += 1;
+                first_done.get_or_insert(t0.elapsed().as_secs_f64());
+            }
+        }
+    }
+    let el = t0.elapsed().as_secs_f64();
+    println!(
+        "serve {n} x {isl} in / {osl} out (max_num_seqs {}, {} batched tokens): {finished} finished, {out_toks} output tokens in {el:.1} s, {steps} steps -> {:.0} output tok/s, {:.0} total tok/s",
+        sc.max_num_seqs,
+        sc.max_batched_tokens,
+        out_toks as f64 / el,
+        (out_toks + n * isl) as f64 / el
+    );
+    Ok(())
+}
+
+fn label(invariant: bool, gemv: usize) -> &'static str {
+    match (invariant, gemv) {
+        (true, _) => "cuBLAS fixed 64-row calls (batch-invariant)",
+        (false, 0) => "cuBLAS any size",
+        _ => "gemv_small for <= 8 rows",
+    }
+}
+
+fn main() -> Result<()> {
+    let mut args = std::env::args().skip(1);
+    let tp = args.next().context("usage: cuda_bench TOKENIZER_JSON [decode] [prefill] [serve:ISL:OSL:N]")?;
+    let tok = ferrite_model::Tokenizer::from_file(std::path::Path::new(&tp))?;
+    let what: Vec<String> = args.collect();
+    let cfg = CudaConfig::llama31_8b(32, 8192);
+    let blocks: u32 = std::env::var("KV_BLOCKS").ok().and_then(|v| v.parse().ok()).unwrap_or(24_000);
+    let t0 = Instant::now();
+    let mut ex = CudaExecutor::random(
+        cfg.clone(),
+        42,
+        CudaOptions { num_kv_blocks: blocks, dtype: Some(Dtype::Bf16), ..Default::default() },
+    )?;
+    println!(
+        "{}: Llama-3.1-8B shapes, bf16 random weights made on the GPU in {:.1} s, {blocks} KV blocks of 16",
+        ex.device_name(),
+        t0.elapsed().as_secs_f64()
+    );
+    for w in &what {
+        let t = Instant::now();
+        match w.split(':').collect::<Vec<_>>().as_slice() {
+            ["decode"] => {
+                for (inv, rows) in [(true, 0), (false, 0), (false, 8)] {
+                    ex.set_batch_invariant(inv);
+                    ex.set_gemv_max_rows(rows);
+                    print!("[{}] ", label(inv, rows));
+                    decode(&mut ex, &tok, &cfg)?;
+                }
+                ex.set_batch_invariant(true);
+                ex.set_gemv_max_rows(0);
+            }
+            ["invariant", on] => ex.set_batch_invariant(*on == "1"),
+            ["gemv", r] => ex.set_gemv_max_rows(r.parse()?),
+            ["prefill"] => prefill(&mut ex, &tok, &cfg)?,
+            ["serve", i, o, n] => serve(&mut ex, &tok, i.parse()?, o.parse()?, n.parse()?)?,
+            _ => anyhow::bail!("unknown section {w}"),
+        }
+        eprintln!("  ({w} took {:.1} s)", t.elapsed().as_secs_f64());
+    }
+    Ok(())
+}

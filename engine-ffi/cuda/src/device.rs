@@ -1,0 +1,303 @@
+//! The GPU handle: availability probe, context, stream, cuBLAS, kernels, raw buffers, the
+//! GEMM wrapper and kernel launches. Every `unsafe` of the crate's device work lives here.
+
+use crate::config::Dtype;
+use crate::error::{CudaError, Result};
+use crate::kernels::Kernels;
+use cudarc::cublas::{CudaBlas, result as blas, sys as bsys};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg,
+    result as dres,
+};
+use std::sync::Arc;
+
+/// Checks, without panicking, that a CUDA driver, cuBLAS and at least one GPU are present.
+pub fn probe() -> Result<usize> {
+    // SAFETY: only probes whether the driver library can be opened.
+    if !unsafe { cudarc::driver::sys::is_culib_present() } {
+        return Err(CudaError::NoDevice(
+            "libcuda (the NVIDIA driver) not found".into(),
+        ));
+    }
+    let n = CudaContext::device_count().map_err(|e| CudaError::NoDevice(e.to_string()))?;
+    if n <= 0 {
+        return Err(CudaError::NoDevice("the driver reports no GPU".into()));
+    }
+    // SAFETY: only probes whether the cuBLAS shared library can be opened.
+    if !unsafe { bsys::is_culib_present() } {
+        return Err(CudaError::MissingLibrary("libcublas not found".into()));
+    }
+    Ok(n as usize)
+}
+
+/// A device allocation addressed by raw pointer (kernels take raw pointers).
+pub struct DevBuf {
+    _slice: CudaSlice<u8>,
+    pub ptr: u64,
+    pub bytes: usize,
+}
+
+impl std::fmt::Debug for DevBuf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DevBuf({} bytes)", self.bytes)
+    }
+}
+
+impl DevBuf {
+    /// Address of byte `off`.
+    pub fn at(&self, off: usize) -> u64 {
+        self.ptr + off as u64
+    }
+}
+
+/// One GPU: context, stream, cuBLAS handle and the loaded kernels for one element type.
+pub struct Gpu {
+    pub ctx: Arc<CudaContext>,
+    pub stream: Arc<CudaStream>,
+    blas: CudaBlas,
+    pub k: Kernels,
+    pub dtype: Dtype,
+    /// GEMMs with at most this many activation rows use the `gemv_small` kernel (weights
+    /// read once at full bandwidth) instead of cuBLAS; 0: always cuBLAS.
+    pub gemv_max_rows: usize,
+    /// When > 0, every cuBLAS GEMM runs in calls of exactly this many activation rows (the
+    /// last call padded), so cuBLAS picks the same algorithm whatever the step's size and a
+    /// row's result never depends on its batch mates. Buffers must hold the padding.
+    pub fixed_rows: usize,
+}
+
+impl Gpu {
+    pub fn new(ordinal: usize, dtype: Dtype) -> Result<Self> {
+        let n = probe()?;
+        if ordinal >= n {
+            return Err(CudaError::NoDevice(format!(
+                "GPU {ordinal} requested, {n} present"
+            )));
+        }
+        let ctx = CudaContext::new(ordinal).map_err(|e| CudaError::NoDevice(e.to_string()))?;
+        // SAFETY: one stream does all the work, so cudarc's per-buffer event tracking is
+        // not needed; raw pointers are ordered by that stream.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.default_stream();
+        let blas = CudaBlas::new(stream.clone())?;
+        let k = Kernels::load(&ctx, dtype)?;
+        Ok(Gpu {
+            ctx,
+            stream,
+            blas,
+            k,
+            dtype,
+            gemv_max_rows: 0,
+            fixed_rows: 0,
+        })
+    }
+
+    pub fn name(&self) -> String {
+        self.ctx.name().unwrap_or_else(|_| "unknown GPU".into())
+    }
+
+    /// Zeroed device memory.
+    pub fn alloc(&self, bytes: usize) -> Result<DevBuf> {
+        let slice = self.stream.alloc_zeros::<u8>(bytes.max(16))?;
+        let ptr = {
+            let (ptr, _sync) = slice.device_ptr(&self.stream);
+            ptr
+        };
+        Ok(DevBuf {
+            ptr,
+            bytes,
+            _slice: slice,
+        })
+    }
+
+    /// Copies `data` to device address `dst` (the caller owns a buffer that large).
+    pub fn upload<T: cudarc::driver::DeviceRepr>(&self, dst: u64, data: &[T]) -> Result<()> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        self.ctx.bind_to_thread()?;
+        // SAFETY: `dst` points into a live allocation of at least `size_of_val(data)` bytes
+        // (checked by callers); pageable host memory is staged before the call returns.
+        unsafe { dres::memcpy_htod_async(dst, data, self.stream.cu_stream()) }?;
+        Ok(())
+    }
+
+    /// Copies `n` elements from device address `src` to the host (synchronises).
+    pub fn download<T: cudarc::driver::DeviceRepr + Default + Clone>(
+        &self,
+        src: u64,
+        n: usize,
+    ) -> Result<Vec<T>> {
+        let mut out = vec![T::default(); n];
+        if n == 0 {
+            return Ok(out);
+        }
+        self.ctx.bind_to_thread()?;
+        // SAFETY: `src` holds at least `n` elements of `T` (callers' buffers); the stream
+        // is synchronised before `out` is read.
+        unsafe { dres::memcpy_dtoh_async(&mut out, src, self.stream.cu_stream()) }?;
+        self.stream.synchronize()?;
+        Ok(out)
+    }
+
+    pub fn sync(&self) -> Result<()> {
+        self.stream.synchronize()?;
+        Ok(())
+    }
+
+    fn elem_type(&self) -> bsys::cudaDataType {
+        match self.dtype {
+            Dtype::F32 => bsys::cudaDataType::CUDA_R_32F,
+            Dtype::Bf16 => bsys::cudaDataType::CUDA_R_16BF,
+        }
+    }
+
+    /// `y[rows, out] = x[rows, inner] · w[out, inner]ᵀ` (row-major, HF weight layout),
+    /// float32 accumulation; `y` is float32 when `y_f32`, else the element type.
+    pub fn gemm(
+        &self,
+        w: u64,
+        x: u64,
+        y: u64,
+        rows: usize,
+        out: usize,
+        inner: usize,
+        y_f32: bool,
+    ) -> Result<()> {
+        let vec = 16 / self.dtype.bytes();
+        let small = rows <= self.gemv_max_rows.min(crate::kernels::GEMV_MAX_T);
+        if small && self.fixed_rows == 0 && inner.is_multiple_of(vec) {
+            return self.launch(
+                &self.k.gemv_small,
+                (out.div_ceil(8) as u32, 1, 1),
+                256,
+                &[
+                    KArg::U64(w),
+                    KArg::U64(x),
+                    KArg::U64(y),
+                    KArg::I32(rows as i32),
+                    KArg::I32(out as i32),
+                    KArg::I32(inner as i32),
+                    KArg::I32(i32::from(y_f32)),
+                ],
+            );
+        }
+        if self.fixed_rows > 0 {
+            let f = self.fixed_rows;
+            let (xe, ye) = (self.dtype.bytes(), if y_f32 { 4 } else { self.dtype.bytes() });
+            let mut r0 = 0;
+            while r0 < rows {
+                let (xo, yo) = ((r0 * inner * xe) as u64, (r0 * out * ye) as u64);
+                self.gemm_blas(w, x + xo, y + yo, f, out, inner, y_f32)?;
+                r0 += f;
+            }
+            return Ok(());
+        }
+        self.gemm_blas(w, x, y, rows, out, inner, y_f32)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn gemm_blas(
+        &self,
+        w: u64,
+        x: u64,
+        y: u64,
+        rows: usize,
+        out: usize,
+        inner: usize,
+        y_f32: bool,
+    ) -> Result<()> {
+        let (alpha, beta) = (1f32, 0f32);
+        let et = self.elem_type();
+        let yt = if y_f32 {
+            bsys::cudaDataType::CUDA_R_32F
+        } else {
+            et
+        };
+        // Column-major view: Yᵀ[out, rows] = W[out, inner] (stored as Wᵀ col-major, so
+        // op T) × Xᵀ[inner, rows].
+        // SAFETY: the pointers address live device buffers of the stated shapes (callers
+        // size them from the model config and batch); the handle is bound to our stream.
+        unsafe {
+            blas::gemm_ex(
+                *self.blas.handle(),
+                bsys::cublasOperation_t::CUBLAS_OP_T,
+                bsys::cublasOperation_t::CUBLAS_OP_N,
+                out as i32,
+                rows as i32,
+                inner as i32,
+                (&alpha as *const f32).cast(),
+                w as *const std::ffi::c_void,
+                et,
+                inner as i32,
+                x as *const std::ffi::c_void,
+                et,
+                inner as i32,
+                (&beta as *const f32).cast(),
+                y as *mut std::ffi::c_void,
+                yt,
+                out as i32,
+                bsys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                bsys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )
+        }?;
+        Ok(())
+    }
+
+    /// Launches `f` with plain-old-data arguments (raw pointers as `u64`, ints, floats).
+    pub fn launch(
+        &self,
+        f: &CudaFunction,
+        grid: (u32, u32, u32),
+        block: u32,
+        args: &[KArg],
+    ) -> Result<()> {
+        if grid.0 == 0 || grid.1 == 0 || grid.2 == 0 {
+            return Ok(());
+        }
+        let mut b = self.stream.launch_builder(f);
+        for a in args {
+            match a {
+                KArg::U64(v) => b.arg(v),
+                KArg::I32(v) => b.arg(v),
+                KArg::I64(v) => b.arg(v),
+                KArg::F32(v) => b.arg(v),
+            };
+        }
+        let cfg = LaunchConfig {
+            grid_dim: grid,
+            block_dim: (block, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: argument lists match the kernel signatures in ferrite.cu (each call site
+        // mirrors one signature) and pointers address live buffers sized for the launch.
+        unsafe { b.launch(cfg) }?;
+        Ok(())
+    }
+
+    /// Fills `n` elements at `dst` with seeded uniform values in `[lo, hi)` on the device.
+    pub fn fill_uniform(&self, dst: u64, n: usize, seed: u64, lo: f32, hi: f32) -> Result<()> {
+        let blocks = n.div_ceil(256).min(65_535 * 4) as u32;
+        self.launch(
+            &self.k.fill_uniform,
+            (blocks.max(1), 1, 1),
+            256,
+            &[
+                KArg::U64(dst),
+                KArg::I64(n as i64),
+                KArg::U64(seed),
+                KArg::F32(lo),
+                KArg::F32(hi),
+            ],
+        )
+    }
+}
+
+/// One kernel argument.
+#[derive(Clone, Copy, Debug)]
+pub enum KArg {
+    U64(u64),
+    I32(i32),
+    I64(i64),
+    F32(f32),
+}

@@ -1,0 +1,586 @@
+//! [`CudaExecutor`]: weights and paged KV cache on one GPU, a batched forward pass per
+//! step (cuBLAS GEMMs + NVRTC kernels), greedy sampling on the device.
+
+use crate::config::{ATTN_SPLIT_LEN, CudaConfig, Dtype};
+use crate::device::{DevBuf, Gpu, KArg};
+use crate::error::{CudaError, Result};
+use crate::kernels::ATTN_THREADS;
+use crate::step::{self, StepMeta};
+use crate::weights::{self, HostLayer, HostWeights};
+use ferrite_engine::{
+    Batch, BatchOutput, Executor, ExecutorInfo, KvCacheSpec, SeqInput, SeqOutput, sampler,
+};
+use std::path::Path;
+
+/// Share of the card's memory not given to the KV cache when it is sized automatically.
+pub const KV_RESERVE_FRACTION: f64 = 0.1;
+
+/// Construction options of the CUDA backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CudaOptions {
+    /// Physical KV blocks (per layer, K and V each); 0: as many as fit in the GPU memory
+    /// left after the weights, keeping [`KV_RESERVE_FRACTION`] of the card (at least 4 GiB)
+    /// for activations and cuBLAS.
+    pub num_kv_blocks: u32,
+    /// Tokens per block.
+    pub block_size: u32,
+    /// GPU ordinal.
+    pub device: usize,
+    /// Element type; `None`: float32 checkpoints stay float32, others run in bf16.
+    pub dtype: Option<Dtype>,
+    /// Steps of at most this many tokens (≤ 8) multiply through the `gemv_small` kernel
+    /// instead of cuBLAS (faster decode; a sequence's rounding then differs between steps
+    /// below and above the threshold). 0: cuBLAS always.
+    pub gemv_max_rows: usize,
+    /// Batch invariance: cuBLAS GEMMs run in calls of exactly [`INVARIANT_ROWS`] rows (the
+    /// last padded), so a sequence's results do not depend on what it is batched with.
+    /// Costs prefill speed (weights are re-read per 64 rows); see docs/benchmarks/cuda.md.
+    pub batch_invariant: bool,
+}
+
+/// Activation rows per cuBLAS call when [`CudaOptions::batch_invariant`] is on.
+pub const INVARIANT_ROWS: usize = 64;
+
+impl Default for CudaOptions {
+    fn default() -> Self {
+        CudaOptions {
+            num_kv_blocks: 1024,
+            block_size: 16,
+            device: 0,
+            dtype: None,
+            gemv_max_rows: 0,
+            batch_invariant: true,
+        }
+    }
+}
+
+struct LayerBufs {
+    attn_norm: DevBuf,
+    wqkv: DevBuf,
+    wo: DevBuf,
+    ffn_norm: DevBuf,
+    w_gate_up: DevBuf,
+    w_down: DevBuf,
+}
+
+/// Per-step buffers, grown on demand.
+#[derive(Default)]
+struct Scratch {
+    cap_tokens: usize,
+    cap_rows: usize,
+    cap_parts: usize,
+    cap_meta: usize,
+    bufs: Vec<DevBuf>,
+}
+
+/// Indices into `Scratch::bufs`.
+const X: usize = 0;
+const XN: usize = 1;
+const QKV: usize = 2;
+const ATTN: usize = 3;
+const DELTA: usize = 4;
+const GU: usize = 5;
+const ACT: usize = 6;
+const FNORM: usize = 7;
+const LOGITS: usize = 8;
+const PART_ACC: usize = 9;
+const PART_ML: usize = 10;
+const META: usize = 11;
+const TOKENS_OUT: usize = 12;
+
+/// The CUDA transformer backend (Llama family).
+pub struct CudaExecutor {
+    cfg: CudaConfig,
+    gpu: Gpu,
+    embed: DevBuf,
+    layers: Vec<LayerBufs>,
+    norm: DevBuf,
+    lm_head: Option<DevBuf>,
+    kc: Vec<DevBuf>,
+    vc: Vec<DevBuf>,
+    inv_freq: DevBuf,
+    num_blocks: u32,
+    block_size: u32,
+    scratch: Scratch,
+}
+
+impl std::fmt::Debug for CudaExecutor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CudaExecutor")
+            .field("cfg", &self.cfg)
+            .field("dtype", &self.gpu.dtype)
+            .field("kv_blocks", &self.num_blocks)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CudaExecutor {
+    /// Checks, without a GPU, that `path` is a model this backend can load (an HF folder
+    /// with `config.json`, safetensors weights and a Llama-family architecture).
+    pub fn check_model(path: &Path) -> Result<CudaConfig> {
+        if !path.is_dir() {
+            return Err(CudaError::file(
+                path,
+                "the CUDA backend loads HF safetensors folders (not GGUF files)",
+            ));
+        }
+        let m = ferrite_model::ModelConfig::from_hf_file(&path.join("config.json"))?;
+        let cfg = CudaConfig::from_model(&m)?;
+        weights::checkpoint_dtype(path)?;
+        Ok(cfg)
+    }
+
+    /// Loads an HF Llama-family safetensors folder onto GPU `opts.device`. Without a GPU
+    /// or driver this returns [`CudaError::NoDevice`] before touching the files' weights.
+    pub fn load(path: &Path, opts: CudaOptions) -> Result<Self> {
+        crate::device::probe()?;
+        let cfg = Self::check_model(path)?;
+        let dtype = match opts.dtype {
+            Some(d) => d,
+            None => weights::checkpoint_dtype(path)?,
+        };
+        let host = weights::load_safetensors(path, &cfg)?;
+        Self::from_host(cfg, &host, CudaOptions { dtype: Some(dtype), ..opts })
+    }
+
+    /// Uploads float32 host weights, encoded to `opts.dtype` (float32 when `None`).
+    pub fn from_host(cfg: CudaConfig, w: &HostWeights, opts: CudaOptions) -> Result<Self> {
+        let dtype = opts.dtype.unwrap_or(Dtype::F32);
+        let mut ex = Self::allocate(cfg, dtype, opts)?;
+        let up = |gpu: &Gpu, dst: &DevBuf, v: &[f32]| gpu.upload(dst.ptr, &weights::encode(v, dtype));
+        up(&ex.gpu, &ex.embed, &w.embed)?;
+        up(&ex.gpu, &ex.norm, &w.norm)?;
+        if let (Some(d), Some(s)) = (&ex.lm_head, &w.lm_head) {
+            up(&ex.gpu, d, s)?;
+        }
+        for (d, s) in ex.layers.iter().zip(&w.layers) {
+            up(&ex.gpu, &d.attn_norm, &s.attn_norm)?;
+            up(&ex.gpu, &d.wqkv, &s.wqkv)?;
+            up(&ex.gpu, &d.wo, &s.wo)?;
+            up(&ex.gpu, &d.ffn_norm, &s.ffn_norm)?;
+            up(&ex.gpu, &d.w_gate_up, &s.w_gate_up)?;
+            up(&ex.gpu, &d.w_down, &s.w_down)?;
+        }
+        ex.gpu.sync()?;
+        // Tied embeddings keep lm_head = None and read `embed`.
+        if w.lm_head.is_none() {
+            ex.lm_head = None;
+        }
+        Ok(ex)
+    }
+
+    /// Seeded random weights generated on the device (benchmarks): matrices uniform in
+    /// ±0.02·√3 (std 0.02), norm weights in [0.9, 1.1].
+    pub fn random(cfg: CudaConfig, seed: u64, opts: CudaOptions) -> Result<Self> {
+        let dtype = opts.dtype.unwrap_or(Dtype::Bf16);
+        let ex = Self::allocate(cfg, dtype, opts)?;
+        let a = 0.02 * 3f32.sqrt();
+        let eb = dtype.bytes();
+        let mut k = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let mut fill = |b: &DevBuf, lo: f32, hi: f32| {
+            k = k.wrapping_add(0xD1B5_4A32_D192_ED03);
+            ex.gpu.fill_uniform(b.ptr, b.bytes / eb, k, lo, hi)
+        };
+        fill(&ex.embed, -a, a)?;
+        fill(&ex.norm, 0.9, 1.1)?;
+        if let Some(l) = &ex.lm_head {
+            fill(l, -a, a)?;
+        }
+        for l in &ex.layers {
+            fill(&l.attn_norm, 0.9, 1.1)?;
+            fill(&l.wqkv, -a, a)?;
+            fill(&l.wo, -a, a)?;
+            fill(&l.ffn_norm, 0.9, 1.1)?;
+            fill(&l.w_gate_up, -a, a)?;
+            fill(&l.w_down, -a, a)?;
+        }
+        ex.gpu.sync()?;
+        Ok(ex)
+    }
+
+    fn allocate(cfg: CudaConfig, dtype: Dtype, opts: CudaOptions) -> Result<Self> {
+        cfg.validate()?;
+        let mut gpu = Gpu::new(opts.device, dtype)?;
+        gpu.gemv_max_rows = opts.gemv_max_rows;
+        gpu.fixed_rows = if opts.batch_invariant { INVARIANT_ROWS } else { 0 };
+        let e = dtype.bytes();
+        let (h, i) = (cfg.hidden, cfg.intermediate);
+        let mut layers = Vec::with_capacity(cfg.layers);
+        for _ in 0..cfg.layers {
+            layers.push(LayerBufs {
+                attn_norm: gpu.alloc(h * e)?,
+                wqkv: gpu.alloc(cfg.qkv_dim() * h * e)?,
+                wo: gpu.alloc(h * cfg.q_dim() * e)?,
+                ffn_norm: gpu.alloc(h * e)?,
+                w_gate_up: gpu.alloc(2 * i * h * e)?,
+                w_down: gpu.alloc(h * i * e)?,
+            });
+        }
+        let block_size = opts.block_size.max(1);
+        let num_kv_blocks = if opts.num_kv_blocks > 0 {
+            opts.num_kv_blocks
+        } else {
+            let (free, total) = gpu.ctx.mem_get_info()?;
+            let reserve = ((total as f64 * KV_RESERVE_FRACTION) as usize).max(4 << 30);
+            let head = if cfg.tie_embeddings { 0 } else { cfg.vocab * h * e };
+            // Layers are allocated already; embeddings and lm_head come next.
+            let weights = cfg.vocab * h * e + head;
+            let avail = free.saturating_sub(weights + reserve);
+            let per = cfg.kv_block_bytes(block_size as usize, dtype).max(1);
+            (avail / per).clamp(16, u32::MAX as usize) as u32
+        };
+        let opts = CudaOptions { num_kv_blocks, ..opts };
+        let slots = opts.num_kv_blocks as usize * block_size as usize;
+        let mut kc = Vec::with_capacity(cfg.layers);
+        let mut vc = Vec::with_capacity(cfg.layers);
+        for _ in 0..cfg.layers {
+            kc.push(gpu.alloc(slots * cfg.kv_dim() * e)?);
+            vc.push(gpu.alloc(slots * cfg.kv_dim() * e)?);
+        }
+        let inv_freq = gpu.alloc(cfg.head_dim / 2 * 4)?;
+        gpu.upload(inv_freq.ptr, &cfg.inv_freq())?;
+        let lm_head = if cfg.tie_embeddings {
+            None
+        } else {
+            Some(gpu.alloc(cfg.vocab * h * e)?)
+        };
+        tracing::info!(
+            gpu = %gpu.name(),
+            dtype = dtype.name(),
+            layers = cfg.layers,
+            kv_blocks = opts.num_kv_blocks,
+            "cuda executor allocated"
+        );
+        Ok(CudaExecutor {
+            embed: gpu.alloc(cfg.vocab * h * e)?,
+            norm: gpu.alloc(h * e)?,
+            lm_head,
+            layers,
+            kc,
+            vc,
+            inv_freq,
+            num_blocks: opts.num_kv_blocks,
+            block_size,
+            scratch: Scratch::default(),
+            cfg,
+            gpu,
+        })
+    }
+
+    /// Changes [`CudaOptions::batch_invariant`] of a built executor.
+    pub fn set_batch_invariant(&mut self, on: bool) {
+        self.gpu.fixed_rows = if on { INVARIANT_ROWS } else { 0 };
+    }
+
+    /// Changes [`CudaOptions::gemv_max_rows`] of a built executor.
+    pub fn set_gemv_max_rows(&mut self, rows: usize) {
+        self.gpu.gemv_max_rows = rows;
+    }
+
+    pub fn config(&self) -> &CudaConfig {
+        &self.cfg
+    }
+
+    pub fn dtype(&self) -> Dtype {
+        self.gpu.dtype
+    }
+
+    pub fn device_name(&self) -> String {
+        self.gpu.name()
+    }
+
+    /// Copies the weights back as float32 (for the float32 reference check).
+    pub fn download_weights(&self) -> Result<HostWeights> {
+        let dt = self.gpu.dtype;
+        let get = |b: &DevBuf| -> Result<Vec<f32>> {
+            let bytes: Vec<u8> = self.gpu.download(b.ptr, b.bytes)?;
+            Ok(weights::decode(&bytes, dt))
+        };
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| {
+                Ok(HostLayer {
+                    attn_norm: get(&l.attn_norm)?,
+                    wqkv: get(&l.wqkv)?,
+                    wo: get(&l.wo)?,
+                    ffn_norm: get(&l.ffn_norm)?,
+                    w_gate_up: get(&l.w_gate_up)?,
+                    w_down: get(&l.w_down)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(HostWeights {
+            embed: get(&self.embed)?,
+            layers,
+            norm: get(&self.norm)?,
+            lm_head: self.lm_head.as_ref().map(get).transpose()?,
+        })
+    }
+
+    fn ensure_scratch(&mut self, m: &StepMeta) -> Result<()> {
+        let s = &self.scratch;
+        let (t, r, p) = (m.tokens, m.sampled.max(1), m.parts);
+        if t <= s.cap_tokens && r <= s.cap_rows && p <= s.cap_parts && m.data.len() <= s.cap_meta {
+            return Ok(());
+        }
+        // Powers of two of at least INVARIANT_ROWS: room for the padded fixed-row GEMMs.
+        let t = t.max(s.cap_tokens).max(INVARIANT_ROWS).next_power_of_two();
+        let r = r.max(s.cap_rows).max(INVARIANT_ROWS).next_power_of_two();
+        let p = p.max(s.cap_parts).next_power_of_two();
+        let meta = m.data.len().max(s.cap_meta).next_power_of_two();
+        let c = &self.cfg;
+        let e = self.gpu.dtype.bytes();
+        self.scratch.bufs.clear();
+        let sizes = [
+            t * c.hidden * 4,
+            t * c.hidden * e,
+            t * c.qkv_dim() * e,
+            t * c.q_dim() * e,
+            t * c.hidden * e,
+            t * 2 * c.intermediate * e,
+            t * c.intermediate * e,
+            r * c.hidden * e,
+            r * c.vocab * 4,
+            p * c.heads * c.head_dim * 4,
+            p * c.heads * 2 * 4,
+            meta * 4,
+            r * 4,
+        ];
+        for b in sizes {
+            let buf = self.gpu.alloc(b)?;
+            self.scratch.bufs.push(buf);
+        }
+        self.scratch.cap_tokens = t;
+        self.scratch.cap_rows = r;
+        self.scratch.cap_parts = p;
+        self.scratch.cap_meta = meta;
+        Ok(())
+    }
+
+    /// Runs the forward pass; the logits of the sampled rows are left in the LOGITS buffer
+    /// (float32, `[sampled, vocab]`). Returns the step metadata.
+    fn run(&mut self, batch: &Batch) -> Result<StepMeta> {
+        step::validate(&self.cfg, self.num_blocks, self.block_size, batch)?;
+        let m = step::build(batch, self.cfg.tile_tokens());
+        if m.tokens == 0 {
+            return Ok(m);
+        }
+        self.ensure_scratch(&m)?;
+        let b = |i: usize| self.scratch.bufs[i].ptr;
+        let meta = b(META);
+        self.gpu.upload(meta, &m.data)?;
+        let mi = |off: usize| meta + 4 * off as u64;
+        let (c, g) = (&self.cfg, &self.gpu);
+        let t = m.tokens as u32;
+        let (h, hd) = (c.hidden as i32, c.head_dim as i32);
+        let (heads, kvh) = (c.heads as i32, c.kv_heads as i32);
+        let eps = c.eps;
+        g.launch(
+            &g.k.embed,
+            (t, 1, 1),
+            256,
+            &[KArg::U64(mi(m.tokens_off)), KArg::U64(self.embed.ptr), KArg::U64(b(X)), KArg::I32(h)],
+        )?;
+        for (li, l) in self.layers.iter().enumerate() {
+            let delta = if li == 0 { 0 } else { b(DELTA) };
+            g.launch(
+                &g.k.add_rmsnorm,
+                (t, 1, 1),
+                1024,
+                &[
+                    KArg::U64(b(X)),
+                    KArg::U64(delta),
+                    KArg::U64(0),
+                    KArg::U64(l.attn_norm.ptr),
+                    KArg::U64(b(XN)),
+                    KArg::I32(h),
+                    KArg::F32(eps),
+                ],
+            )?;
+            g.gemm(l.wqkv.ptr, b(XN), b(QKV), m.tokens, c.qkv_dim(), c.hidden, false)?;
+            g.launch(
+                &g.k.rope_cache,
+                (t, 1, 1),
+                256,
+                &[
+                    KArg::U64(b(QKV)),
+                    KArg::U64(self.inv_freq.ptr),
+                    KArg::U64(mi(m.pos_off)),
+                    KArg::U64(mi(m.slots_off)),
+                    KArg::U64(self.kc[li].ptr),
+                    KArg::U64(self.vc[li].ptr),
+                    KArg::I32(heads),
+                    KArg::I32(kvh),
+                    KArg::I32(hd),
+                    KArg::I32(0),
+                ],
+            )?;
+            g.launch(
+                &g.k.attn_partial,
+                (m.tiles as u32, c.kv_heads as u32, m.max_splits as u32),
+                ATTN_THREADS,
+                &[
+                    KArg::U64(b(QKV)),
+                    KArg::U64(self.kc[li].ptr),
+                    KArg::U64(self.vc[li].ptr),
+                    KArg::U64(mi(m.bt_off)),
+                    KArg::I32(m.bt_stride as i32),
+                    KArg::U64(mi(m.tok_seq_off)),
+                    KArg::U64(mi(m.pos_off)),
+                    KArg::U64(mi(m.part_off_off)),
+                    KArg::U64(mi(m.tiles_off)),
+                    KArg::U64(b(PART_ACC)),
+                    KArg::U64(b(PART_ML)),
+                    KArg::I32(heads),
+                    KArg::I32(kvh),
+                    KArg::I32(hd),
+                    KArg::I32(self.block_size as i32),
+                    KArg::F32(c.attn_scale()),
+                    KArg::I32(ATTN_SPLIT_LEN as i32),
+                ],
+            )?;
+            g.launch(
+                &g.k.attn_combine,
+                (t, c.heads as u32, 1),
+                128,
+                &[
+                    KArg::U64(b(PART_ACC)),
+                    KArg::U64(b(PART_ML)),
+                    KArg::U64(mi(m.pos_off)),
+                    KArg::U64(mi(m.part_off_off)),
+                    KArg::U64(b(ATTN)),
+                    KArg::I32(heads),
+                    KArg::I32(hd),
+                    KArg::I32(ATTN_SPLIT_LEN as i32),
+                ],
+            )?;
+            g.gemm(l.wo.ptr, b(ATTN), b(DELTA), m.tokens, c.hidden, c.q_dim(), false)?;
+            g.launch(
+                &g.k.add_rmsnorm,
+                (t, 1, 1),
+                1024,
+                &[
+                    KArg::U64(b(X)),
+                    KArg::U64(b(DELTA)),
+                    KArg::U64(0),
+                    KArg::U64(l.ffn_norm.ptr),
+                    KArg::U64(b(XN)),
+                    KArg::I32(h),
+                    KArg::F32(eps),
+                ],
+            )?;
+            g.gemm(l.w_gate_up.ptr, b(XN), b(GU), m.tokens, 2 * c.intermediate, c.hidden, false)?;
+            let n = m.tokens * c.intermediate;
+            g.launch(
+                &g.k.swiglu,
+                (n.div_ceil(256).min(65_535 * 8) as u32, 1, 1),
+                256,
+                &[KArg::U64(b(GU)), KArg::U64(b(ACT)), KArg::I32(t as i32), KArg::I32(c.intermediate as i32)],
+            )?;
+            g.gemm(l.w_down.ptr, b(ACT), b(DELTA), m.tokens, c.hidden, c.intermediate, false)?;
+        }
+        if m.sampled > 0 {
+            g.launch(
+                &g.k.add_rmsnorm,
+                (m.sampled as u32, 1, 1),
+                1024,
+                &[
+                    KArg::U64(b(X)),
+                    KArg::U64(b(DELTA)),
+                    KArg::U64(mi(m.rows_off)),
+                    KArg::U64(self.norm.ptr),
+                    KArg::U64(b(FNORM)),
+                    KArg::I32(h),
+                    KArg::F32(eps),
+                ],
+            )?;
+            let head = self.lm_head.as_ref().unwrap_or(&self.embed).ptr;
+            g.gemm(head, b(FNORM), b(LOGITS), m.sampled, c.vocab, c.hidden, true)?;
+        }
+        Ok(m)
+    }
+
+    /// Runs the batch and returns the raw float32 logits of every sequence with `sample`
+    /// set, in batch order (K/V of all tokens are written to the cache).
+    pub fn forward_logits(&mut self, batch: &Batch) -> Result<Vec<Vec<f32>>> {
+        let m = self.run(batch)?;
+        let v = self.cfg.vocab;
+        let all: Vec<f32> = self.gpu.download(self.scratch_ptr(LOGITS), m.sampled * v)?;
+        Ok(all.chunks_exact(v.max(1)).map(<[f32]>::to_vec).collect())
+    }
+
+    /// Waits for all queued device work (for timing).
+    pub fn synchronize(&self) -> Result<()> {
+        self.gpu.sync()
+    }
+
+    fn scratch_ptr(&self, i: usize) -> u64 {
+        self.scratch.bufs.get(i).map_or(0, |b| b.ptr)
+    }
+
+    fn sample(&mut self, batch: &Batch, m: &StepMeta) -> Result<Vec<SeqOutput>> {
+        let v = self.cfg.vocab;
+        let sampled: Vec<&SeqInput> = batch.seqs.iter().filter(|s| s.sample).collect();
+        if sampled.is_empty() {
+            return Ok(Vec::new());
+        }
+        let logits = self.scratch_ptr(LOGITS);
+        let out = self.scratch_ptr(TOKENS_OUT);
+        self.gpu.launch(
+            &self.gpu.k.argmax_rows,
+            (m.sampled as u32, 1, 1),
+            1024,
+            &[KArg::U64(logits), KArg::I32(v as i32), KArg::U64(out)],
+        )?;
+        let greedy: Vec<i32> = self.gpu.download(out, m.sampled)?;
+        let mut outputs = Vec::with_capacity(sampled.len());
+        for (i, s) in sampled.iter().enumerate() {
+            let (token, logprob) = if device_greedy(s) {
+                (greedy[i] as u32, None)
+            } else {
+                // Logprobs, penalties, bias, bans, processors or random sampling: this
+                // row's logits go to the shared CPU sampler.
+                let mut row: Vec<f32> = self.gpu.download(logits + (i * v * 4) as u64, v)?;
+                sampler::try_sample(&mut row, &s.sampling, s.next_position())
+                    .map_err(|e| CudaError::InvalidBatch(e.to_string()))?
+            };
+            outputs.push(SeqOutput {
+                request_id: s.request_id,
+                token,
+                logprob,
+            });
+        }
+        Ok(outputs)
+    }
+}
+
+/// True when the token is the plain argmax of the raw logits (the device's answer).
+fn device_greedy(s: &SeqInput) -> bool {
+    let p = &*s.sampling.params;
+    (p.is_greedy() || p.temperature < sampler::MIN_TEMPERATURE)
+        && p.logprobs.is_none()
+        && !p.needs_history()
+        && p.logit_bias.is_empty()
+        && s.sampling.banned.is_empty()
+}
+
+impl Executor for CudaExecutor {
+    fn info(&self) -> ExecutorInfo {
+        ExecutorInfo {
+            name: "cuda".to_string(),
+            vocab_size: self.cfg.vocab as u32,
+            max_context: self.cfg.max_context as u32,
+            kv: KvCacheSpec {
+                num_blocks: self.num_blocks,
+                block_size: self.block_size,
+            },
+        }
+    }
+
+    fn forward(&mut self, batch: &Batch) -> ferrite_engine::Result<BatchOutput> {
+        let m = self.run(batch)?;
+        let outputs = self.sample(batch, &m)?;
+        Ok(BatchOutput { outputs })
+    }
+}

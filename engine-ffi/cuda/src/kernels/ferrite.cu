@@ -1,0 +1,400 @@
+// Ferrite CUDA kernels, compiled at start-up by NVRTC. `elem` is the weight, activation and
+// KV-cache element type: float (default) or bf16 (-DELEM_BF16, same bits as __nv_bfloat16). The residual stream and all
+// reductions are float32.
+#ifdef ELEM_BF16
+// bf16 stored as its 16 raw bits (no cuda_bf16.h needed, so NVRTC compiles this without
+// the CUDA headers); conversions round to nearest even, NaN stays NaN.
+typedef unsigned short elem;
+__device__ __forceinline__ float to_f(elem x) { return __uint_as_float(((unsigned)x) << 16); }
+__device__ __forceinline__ elem from_f(float x) {
+    unsigned u = __float_as_uint(x);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (elem)0x7fc0;
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (elem)(u >> 16);
+}
+#else
+typedef float elem;
+__device__ __forceinline__ float to_f(elem x) { return x; }
+__device__ __forceinline__ elem from_f(float x) { return x; }
+#endif
+
+#define FINF __int_as_float(0x7f800000)
+#define ATTN_WARPS 8
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+// Sum over a block of up to 1024 threads; every thread gets the result.
+__device__ float block_sum(float v) {
+    __shared__ float red[32];
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+    v = warp_sum(v);
+    __syncthreads();
+    if (lane == 0) red[w] = v;
+    __syncthreads();
+    int nw = (blockDim.x + 31) >> 5;
+    float t = lane < nw ? red[lane] : 0.f;
+    return warp_sum(t);
+}
+
+extern "C" {
+
+// x[t, :] = table[tokens[t], :] (float32 residual stream). grid = T.
+__global__ void embed(const int* __restrict__ tokens, const elem* __restrict__ table,
+                      float* __restrict__ x, int hidden) {
+    long t = blockIdx.x;
+    const elem* row = table + (long)tokens[t] * hidden;
+    for (int i = threadIdx.x; i < hidden; i += blockDim.x) x[t * hidden + i] = to_f(row[i]);
+}
+
+// Optionally x += delta (row `r`), then out[b] = rmsnorm(x[r]) * w. r = rows ? rows[b] : b.
+// grid = number of output rows.
+__global__ void add_rmsnorm(float* __restrict__ x, const elem* __restrict__ delta,
+                            const int* __restrict__ rows, const elem* __restrict__ w,
+                            elem* __restrict__ out, int hidden, float eps) {
+    long b = blockIdx.x;
+    long r = rows ? rows[b] : b;
+    float* xr = x + r * hidden;
+    float ss = 0.f;
+    for (int i = threadIdx.x; i < hidden; i += blockDim.x) {
+        float v = xr[i];
+        if (delta) {
+            v += to_f(delta[r * hidden + i]);
+            xr[i] = v;
+        }
+        ss += v * v;
+    }
+    ss = block_sum(ss);
+    float inv = rsqrtf(ss / (float)hidden + eps);
+    for (int i = threadIdx.x; i < hidden; i += blockDim.x)
+        out[b * hidden + i] = from_f(xr[i] * inv * to_f(w[i]));
+}
+
+// Rotary embeddings on q (in place) and k, then k and v written to the paged cache at
+// slots[t]. qkv rows are [q heads | k heads | v heads] of head_dim each. grid = T.
+__global__ void rope_cache(elem* __restrict__ qkv, const float* __restrict__ inv_freq,
+                           const int* __restrict__ pos, const int* __restrict__ slots,
+                           elem* __restrict__ kc, elem* __restrict__ vc, int heads,
+                           int kv_heads, int hd, int interleaved) {
+    long t = blockIdx.x;
+    int half = hd / 2;
+    int qkv_w = (heads + 2 * kv_heads) * hd;
+    elem* row = qkv + t * qkv_w;
+    long slot = slots[t];
+    float p = (float)pos[t];
+    int pairs = (heads + kv_heads) * half;
+    for (int i = threadIdx.x; i < pairs; i += blockDim.x) {
+        int h = i / half, j = i % half;
+        int a = interleaved ? 2 * j : j;
+        int b = interleaved ? 2 * j + 1 : j + half;
+        float s, c;
+        sincosf(p * inv_freq[j], &s, &c);
+        elem* hp = row + h * hd;
+        float x0 = to_f(hp[a]), x1 = to_f(hp[b]);
+        elem r0 = from_f(x0 * c - x1 * s), r1 = from_f(x1 * c + x0 * s);
+        if (h < heads) {
+            hp[a] = r0;
+            hp[b] = r1;
+        } else {
+            elem* kp = kc + (slot * kv_heads + (h - heads)) * hd;
+            kp[a] = r0;
+            kp[b] = r1;
+        }
+    }
+    const elem* v = row + (heads + kv_heads) * hd;
+    elem* vp = vc + slot * kv_heads * hd;
+    for (int i = threadIdx.x; i < kv_heads * hd; i += blockDim.x) vp[i] = v[i];
+}
+
+// Paged attention over query tiles: grid = (tiles, kv_heads, max_splits), ATTN_WARPS
+// warps. A tile is up to TILE_ROWS / G consecutive tokens of one sequence (tiles[2i] =
+// first token row, tiles[2i+1] = count); its rows are (token, q head of this kv head)
+// pairs, so the G query heads sharing a KV head read each K/V chunk once. Token t attends
+// keys 0..=pos[t] (causal, prefix in the cache); split z covers keys
+// [z*split_len, (z+1)*split_len) in chunks of KC keys. A row's arithmetic depends only on
+// its own position and keys, never on the tile or batch it is in (batch invariance).
+// Writes the unnormalised accumulator and (max, sum) of each split at part_off[t] + z.
+#define KC 16
+#define HDMAX 128
+#define TILE_ROWS 32
+#define RPW (TILE_ROWS / ATTN_WARPS)
+#define DPL (HDMAX / 32)
+
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+__global__ void __launch_bounds__(ATTN_WARPS * 32)
+attn_partial(const elem* __restrict__ qkv, const elem* __restrict__ kc,
+             const elem* __restrict__ vc, const int* __restrict__ block_tables,
+             int bt_stride, const int* __restrict__ tok_seq, const int* __restrict__ pos,
+             const int* __restrict__ part_off, const int* __restrict__ tiles,
+             float* __restrict__ part_acc, float* __restrict__ part_ml, int heads,
+             int kv_heads, int hd, int block_size, float scale, int split_len) {
+    __shared__ float qs[TILE_ROWS][HDMAX];
+    __shared__ float ks[KC][HDMAX + 1];
+    __shared__ float vs[KC][HDMAX];
+    int tile = blockIdx.x, kvh = blockIdx.y, z = blockIdx.z;
+    int t0 = tiles[2 * tile], nt = tiles[2 * tile + 1];
+    int G = heads / kv_heads;
+    int R = nt * G;
+    int maxpos = pos[t0 + nt - 1];
+    int kbeg = z * split_len;
+    if (kbeg > maxpos) return;
+    int kend = min(maxpos + 1, kbeg + split_len);
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+    int qkv_w = (heads + 2 * kv_heads) * hd;
+    const int* bt = block_tables + (long)tok_seq[t0] * bt_stride;
+    for (int i = threadIdx.x; i < R * hd; i += blockDim.x) {
+        int row = i / hd, d = i % hd;
+        int tok = row / G, g = row % G;
+        qs[row][d] = to_f(qkv[(long)(t0 + tok) * qkv_w + (kvh * G + g) * hd + d]) * scale;
+    }
+    float m[RPW], l[RPW], acc[RPW][DPL];
+    int rpos[RPW];
+#pragma unroll
+    for (int rr = 0; rr < RPW; rr++) {
+        int row = rr * ATTN_WARPS + w;
+        m[rr] = -FINF;
+        l[rr] = 0.f;
+        rpos[rr] = row < R ? pos[t0 + row / G] : -1;
+#pragma unroll
+        for (int i = 0; i < DPL; i++) acc[rr][i] = 0.f;
+    }
+    int half = lane >> 4, kj = lane & 15, hh = hd / 2;
+    for (int c0 = kbeg; c0 < kend; c0 += KC) {
+        __syncthreads();
+        for (int i = threadIdx.x; i < KC * hd; i += blockDim.x) {
+            int j = i / hd, d = i % hd;
+            int key = c0 + j;
+            float kx = 0.f, vx = 0.f;
+            if (key < kend) {
+                long slot = (long)bt[key / block_size] * block_size + key % block_size;
+                long off = (slot * kv_heads + kvh) * hd + d;
+                kx = to_f(kc[off]);
+                vx = to_f(vc[off]);
+            }
+            ks[j][d] = kx;
+            vs[j][d] = vx;
+        }
+        __syncthreads();
+        int key = c0 + kj;
+#pragma unroll
+        for (int rr = 0; rr < RPW; rr++) {
+            int row = rr * ATTN_WARPS + w;
+            if (row < R && rpos[rr] >= c0) {  // uniform across the warp
+                const float* q = qs[row] + half * hh;
+                const float* k = ks[kj] + half * hh;
+                // Four independent partial sums (a short dependency chain), then fixed-order adds.
+                float d0 = 0.f, d1 = 0.f, d2 = 0.f, d3 = 0.f;
+                int d = 0;
+                for (; d + 3 < hh; d += 4) {
+                    d0 += q[d] * k[d];
+                    d1 += q[d + 1] * k[d + 1];
+                    d2 += q[d + 2] * k[d + 2];
+                    d3 += q[d + 3] * k[d + 3];
+                }
+                for (; d < hh; d++) d0 += q[d] * k[d];
+                float dot = (d0 + d1) + (d2 + d3);
+                dot += __shfl_xor_sync(0xffffffffu, dot, 16);
+                float s = (key <= rpos[rr] && key < kend) ? dot : -FINF;
+                float mn = fmaxf(m[rr], warp_max(s));
+                float corr = expf(m[rr] - mn);
+                float p = expf(s - mn);
+                l[rr] = l[rr] * corr + warp_sum(lane < KC ? p : 0.f);
+#pragma unroll
+                for (int i = 0; i < DPL; i++) acc[rr][i] *= corr;
+#pragma unroll
+                for (int jj = 0; jj < KC; jj++) {
+                    float pj = __shfl_sync(0xffffffffu, p, jj);
+#pragma unroll
+                    for (int i = 0; i < DPL; i++) {
+                        int d = lane + 32 * i;
+                        if (d < hd) acc[rr][i] += pj * vs[jj][d];
+                    }
+                }
+                m[rr] = mn;
+            }
+        }
+    }
+#pragma unroll
+    for (int rr = 0; rr < RPW; rr++) {
+        int row = rr * ATTN_WARPS + w;
+        if (row < R && rpos[rr] >= kbeg) {
+            int t = t0 + row / G, h = kvh * G + row % G;
+            long part = (long)(part_off[t] + z) * heads + h;
+#pragma unroll
+            for (int i = 0; i < DPL; i++) {
+                int d = lane + 32 * i;
+                if (d < hd) part_acc[part * hd + d] = acc[rr][i];
+            }
+            if (lane == 0) {
+                part_ml[part * 2] = m[rr];
+                part_ml[part * 2 + 1] = l[rr];
+            }
+        }
+    }
+}
+
+// Merges the splits of each (token, head) into out[t, h*hd + d]. grid = (T, heads).
+__global__ void attn_combine(const float* __restrict__ part_acc,
+                             const float* __restrict__ part_ml, const int* __restrict__ pos,
+                             const int* __restrict__ part_off, elem* __restrict__ out,
+                             int heads, int hd, int split_len) {
+    int t = blockIdx.x, h = blockIdx.y;
+    int nsplit = (pos[t] + split_len) / split_len;
+    long base = part_off[t];
+    float M = -FINF;
+    for (int z = 0; z < nsplit; z++) M = fmaxf(M, part_ml[((base + z) * heads + h) * 2]);
+    float L = 0.f;
+    for (int z = 0; z < nsplit; z++) {
+        long p = (base + z) * heads + h;
+        L += part_ml[p * 2 + 1] * expf(part_ml[p * 2] - M);
+    }
+    float invl = 1.f / L;
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+        float a = 0.f;
+        for (int z = 0; z < nsplit; z++) {
+            long p = (base + z) * heads + h;
+            a += part_acc[p * hd + d] * expf(part_ml[p * 2] - M);
+        }
+        out[(long)t * heads * hd + h * hd + d] = from_f(a * invl);
+    }
+}
+
+// out[t, i] = silu(gu[t, i]) * gu[t, inter + i].
+__global__ void swiglu(const elem* __restrict__ gu, elem* __restrict__ out, int rows,
+                       int inter) {
+    long n = (long)rows * inter;
+    for (long k = blockIdx.x * (long)blockDim.x + threadIdx.x; k < n;
+         k += (long)gridDim.x * blockDim.x) {
+        long r = k / inter, i = k % inter;
+        float g = to_f(gu[r * 2 * inter + i]);
+        float u = to_f(gu[r * 2 * inter + inter + i]);
+        out[k] = from_f(g / (1.f + expf(-g)) * u);
+    }
+}
+
+// Greedy token of each logits row (ties go to the lowest id). grid = rows, 1024 threads.
+__global__ void argmax_rows(const float* __restrict__ logits, int vocab, int* __restrict__ out) {
+    const float* row = logits + (long)blockIdx.x * vocab;
+    float best = -FINF;
+    int bi = 0x7fffffff;
+    for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
+        float v = row[i];
+        if (v > best || (v == best && i < bi)) {  // NaN never wins
+            best = v;
+            bi = i;
+        }
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        float ob = __shfl_xor_sync(0xffffffffu, best, o);
+        int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+        if (ob > best || (ob == best && oi < bi)) {
+            best = ob;
+            bi = oi;
+        }
+    }
+    __shared__ float sb[32];
+    __shared__ int si[32];
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+    if (lane == 0) {
+        sb[w] = best;
+        si[w] = bi;
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        int nw = (blockDim.x + 31) >> 5;
+        for (int k = 1; k < nw; k++)
+            if (sb[k] > best || (sb[k] == best && si[k] < bi)) {
+                best = sb[k];
+                bi = si[k];
+            }
+        out[blockIdx.x] = bi == 0x7fffffff ? 0 : bi;
+    }
+}
+
+// Seeded uniform values in [lo, hi) (SplitMix64 of seed + index): random weights made on
+// the device for benchmarks.
+__global__ void fill_uniform(elem* __restrict__ p, long n, unsigned long long seed, float lo,
+                             float hi) {
+    for (long k = blockIdx.x * (long)blockDim.x + threadIdx.x; k < n;
+         k += (long)gridDim.x * blockDim.x) {
+        unsigned long long z = seed + (unsigned long long)k * 0x9E3779B97F4A7C15ull;
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+        z ^= z >> 31;
+        float u = (float)(z >> 40) * (1.0f / 16777216.0f);
+        p[k] = from_f(lo + (hi - lo) * u);
+    }
+}
+
+// Skinny GEMM for decode steps: y[t, r] = Σ_k x[t, k] · w[r, k] for T <= GEMV_MAX_T rows
+// of x, one warp per output row r, 16-byte loads of w (read once for all T rows). The
+// reduction order of an element does not depend on T. Needs inner % (16/sizeof(elem)) == 0.
+// grid = ceil(out / 8), 256 threads. y is float32 when y_f32, else elem.
+#define GEMV_MAX_T 8
+#define VEC (16 / (int)sizeof(elem))
+
+__device__ __forceinline__ void unpack(uint4 v, float* f) {
+#ifdef ELEM_BF16
+    unsigned u[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        f[2 * i] = __uint_as_float(u[i] << 16);
+        f[2 * i + 1] = __uint_as_float(u[i] & 0xffff0000u);
+    }
+#else
+    f[0] = __uint_as_float(v.x);
+    f[1] = __uint_as_float(v.y);
+    f[2] = __uint_as_float(v.z);
+    f[3] = __uint_as_float(v.w);
+#endif
+}
+
+__global__ void __launch_bounds__(256)
+gemv_small(const elem* __restrict__ w, const elem* __restrict__ x, void* __restrict__ y,
+           int T, int out, int inner, int y_f32) {
+    int r = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    int lane = threadIdx.x & 31;
+    if (r >= out) return;
+    const uint4* wr = (const uint4*)(w + (long)r * inner);
+    int nv = inner / VEC;
+    float acc[GEMV_MAX_T];
+#pragma unroll
+    for (int t = 0; t < GEMV_MAX_T; t++) acc[t] = 0.f;
+#pragma unroll 4
+    for (int v = lane; v < nv; v += 32) {
+        float wf[VEC];
+        unpack(__ldg(wr + v), wf);
+#pragma unroll
+        for (int t = 0; t < GEMV_MAX_T; t++) {
+            if (t < T) {
+                float xf[VEC];
+                unpack(__ldg((const uint4*)(x + (long)t * inner) + v), xf);
+#pragma unroll
+                for (int i = 0; i < VEC; i++) acc[t] += wf[i] * xf[i];
+            }
+        }
+    }
+#pragma unroll
+    for (int t = 0; t < GEMV_MAX_T; t++) {
+        if (t < T) {
+            float a = warp_sum(acc[t]);
+            if (lane == 0) {
+                if (y_f32)
+                    ((float*)y)[(long)t * out + r] = a;
+                else
+                    ((elem*)y)[(long)t * out + r] = from_f(a);
+            }
+        }
+    }
+}
+
+}  // extern "C"
