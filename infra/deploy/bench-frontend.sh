@@ -5,20 +5,12 @@
 # /proc/<pid>/stat, user + system).
 #   usage: infra/deploy/bench-frontend.sh [CONCURRENCY] [REQUESTS] [ISL] [OSL] [SPEEDUP]
 set -euo pipefail
-cd "$(dirname "$0")/../.."
+source "$(dirname "$0")/bench-common.sh"
 CONC=${1:-64}; REQS=${2:-2000}; ISL=${3:-128}; OSL=${4:-64}; SPEEDUP=${5:-1000}
-BIN=${FERRITE_BIN:-target/release/ferrite}
-[ -x "$BIN" ] || cargo build --release -p ferrite
-STATE=$(mktemp -d)
-export FERRITE_CLUSTER_STATE="$STATE"
-eval "$(infra/deploy/cluster.sh start)"
-pids=()
-cleanup() { kill "${pids[@]}" 2>/dev/null || true; infra/deploy/cluster.sh stop >/dev/null 2>&1 || true; rm -rf "$STATE"; }
-trap cleanup EXIT
 for i in 1 2; do
   "$BIN" worker --engine mocker --speedup "$SPEEDUP" > "$STATE/worker$i.log" 2>&1 & pids+=($!)
 done
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+PORT=$(free_port)
 "$BIN" frontend --port "$PORT" > "$STATE/frontend.log" 2>&1 & FPID=$!; pids+=($FPID)
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$PORT/health" >/dev/null && break; sleep 0.1; done
 # warm-up

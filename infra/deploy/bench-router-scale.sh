@@ -7,30 +7,19 @@
 #   usage: infra/deploy/bench-router-scale.sh [REQUESTS] [CONCURRENCY]
 #   env: WORKERS (128) PER_PROC (32) ISL (4096) KV_BLOCKS (16384) SPEEDUP (1000)
 set -euo pipefail
-cd "$(dirname "$0")/../.."
+source "$(dirname "$0")/bench-common.sh"
 REQS=${1:-4096}; CONC=${2:-64}
 WORKERS=${WORKERS:-128}; PER=${PER_PROC:-32}; ISL=${ISL:-4096}
 KV_BLOCKS=${KV_BLOCKS:-16384}; SPEEDUP=${SPEEDUP:-1000}
-MODELS=${FERRITE_TEST_MODELS:-../shared/models}
 MODEL=${MODEL:-$MODELS/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf}
 TOKENIZER=${TOKENIZER:-$MODELS/smollm2-135m-instruct}
-BIN=${FERRITE_BIN:-target/release/ferrite}
-[ -x "$BIN" ] || cargo build --release -p ferrite
-STATE=$(mktemp -d)
-export FERRITE_CLUSTER_STATE="$STATE"
-eval "$(infra/deploy/cluster.sh start)"
-pids=()
-cleanup() { kill "${pids[@]}" 2>/dev/null || true; infra/deploy/cluster.sh stop >/dev/null 2>&1 || true; rm -rf "$STATE"; }
-trap cleanup EXIT
 for ((i = 0; i < WORKERS / PER; i++)); do
   "$BIN" worker --engine mocker --model "$MODEL" --served-model-name bench --num-workers "$PER" \
     --kv-blocks "$KV_BLOCKS" --speedup "$SPEEDUP" > "$STATE/worker$i.log" 2>&1 & pids+=($!)
 done
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+PORT=$(free_port)
 "$BIN" frontend --port "$PORT" --router kv > "$STATE/frontend.log" 2>&1 & FPID=$!; pids+=($FPID)
-for _ in $(seq 600); do
-  curl -sf "http://127.0.0.1:$PORT/v1/models" 2>/dev/null | grep -q '"bench"' && break; sleep 0.2
-done
+wait_model "$PORT" bench
 sleep 3
 ticks() { awk '{print $14+$15}' "/proc/$FPID/stat"; }
 T0=$(ticks); S0=$(date +%s.%N)

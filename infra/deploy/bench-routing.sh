@@ -8,23 +8,13 @@
 #   env: WORKERS (8) WORKERS_PER_PROC (4) NGROUPS (32) PREFIX (2000) SUFFIX (200) OSL (128)
 #        KV_BLOCKS (1536) SPEEDUP (1) ENGINE (mocker) MODEL (SmolLM2 GGUF)
 set -euo pipefail
-cd "$(dirname "$0")/../.."
+source "$(dirname "$0")/bench-common.sh"
 POLICIES=${1:-"kv round-robin random"}; RATE=${2:-16}; REQS=${3:-640}
 WORKERS=${WORKERS:-8}; PER=${WORKERS_PER_PROC:-4}; NGROUPS=${NGROUPS:-32}
 PREFIX=${PREFIX:-2000}; SUFFIX=${SUFFIX:-200}; OSL=${OSL:-128}
 KV_BLOCKS=${KV_BLOCKS:-1536}; SPEEDUP=${SPEEDUP:-1}; ENGINE=${ENGINE:-mocker}
-MODELS=${FERRITE_TEST_MODELS:-../shared/models}
 MODEL=${MODEL:-$MODELS/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf}
 TOKENIZER=${TOKENIZER:-$MODELS/smollm2-135m-instruct}
-BIN=${FERRITE_BIN:-target/release/ferrite}
-[ -x "$BIN" ] || cargo build --release -p ferrite
-STATE=$(mktemp -d)
-export FERRITE_CLUSTER_STATE="$STATE"
-eval "$(infra/deploy/cluster.sh start)"
-pids=()
-cleanup() { kill "${pids[@]}" 2>/dev/null || true; infra/deploy/cluster.sh stop >/dev/null 2>&1 || true; rm -rf "$STATE"; }
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 for policy in $POLICIES; do
   # Fresh workers per policy: every run starts with empty caches.
   wpids=()
@@ -40,10 +30,7 @@ for policy in $POLICIES; do
   router=(--router "${policy%%:*}")
   [ "$policy" != "${policy#*:}" ] && router+=(--kv-overlap-weight "${policy#*:}")
   "$BIN" frontend --port "$PORT" "${router[@]}" > "$STATE/frontend-$policy.log" 2>&1 & FPID=$!; pids+=($FPID)
-  for _ in $(seq 300); do
-    n=$(curl -sf "http://127.0.0.1:$PORT/v1/models" 2>/dev/null | grep -c '"bench"' || true)
-    [ "$n" -ge 1 ] && break; sleep 0.2
-  done
+  wait_model "$PORT" bench
   sleep 2  # every worker registered and reporting load
   "$BIN" bench --url "http://127.0.0.1:$PORT" --model bench --workload shared-prefix \
     --groups "$NGROUPS" --prefix-len "$PREFIX" --suffix-len "$SUFFIX" --output-len "$OSL" \

@@ -8,14 +8,8 @@ use serde_json::{Value, json};
 
 const N: u32 = 120;
 
-fn body(model: &str) -> Value {
-    json!({"model": model, "prompt": "The history of the printing press begins",
-        "max_tokens": N, "temperature": 0, "ignore_eos": true,
-        "stream": true, "return_token_ids": true})
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn cpu_engine_migration_is_token_for_token_identical() -> anyhow::Result<()> {
+/// Two CPU-engine workers serving SmolLM2-135M as `smollm2`.
+async fn smollm2_cluster() -> anyhow::Result<Cluster> {
     let model = models_dir()?.join("smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
     anyhow::ensure!(model.is_file(), "missing test model {}", model.display());
     let mut spec = ClusterSpec::mocker(2, "1");
@@ -27,7 +21,18 @@ async fn cpu_engine_migration_is_token_for_token_identical() -> anyhow::Result<(
         "--served-model-name".into(),
         "smollm2".into(),
     ];
-    let mut c = Cluster::start(spec).await?;
+    Cluster::start(spec).await
+}
+
+fn body(model: &str) -> Value {
+    json!({"model": model, "prompt": "The history of the printing press begins",
+        "max_tokens": N, "temperature": 0, "ignore_eos": true,
+        "stream": true, "return_token_ids": true})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cpu_engine_migration_is_token_for_token_identical() -> anyhow::Result<()> {
+    let mut c = smollm2_cluster().await?;
     let url = format!("{}/v1/completions", c.url);
 
     // The uninterrupted run.
@@ -74,18 +79,7 @@ async fn cpu_engine_migration_is_token_for_token_identical() -> anyhow::Result<(
 /// from the tokens so far, and the output still parses and matches the schema.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn structured_output_survives_migration() -> anyhow::Result<()> {
-    let model = models_dir()?.join("smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
-    anyhow::ensure!(model.is_file(), "missing test model {}", model.display());
-    let mut spec = ClusterSpec::mocker(2, "1");
-    spec.worker_args = vec![
-        "--engine".into(),
-        "cpu".into(),
-        "--model".into(),
-        model.to_string_lossy().into_owned(),
-        "--served-model-name".into(),
-        "smollm2".into(),
-    ];
-    let mut c = Cluster::start(spec).await?;
+    let mut c = smollm2_cluster().await?;
     let schema = json!({"type": "object", "properties": {
         "name": {"type": "string", "maxLength": 40},
         "age": {"type": "integer"},
