@@ -92,19 +92,21 @@ def main():
         check(e.body.get("param") == "frobnicate", f"param {e.body}")
 
     if structured:
-        schema = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+        # Bounded values: a 135M model may otherwise write one until max_tokens.
+        schema = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 24},
+                                                   "age": {"type": "integer", "minimum": 0, "maximum": 150}},
                   "required": ["name", "age"], "additionalProperties": False}
         r = c.chat.completions.create(
-            model=model, temperature=0, max_tokens=60,
+            model=model, temperature=0, max_tokens=100,
             messages=[{"role": "user", "content": "Give a person as JSON."}],
             response_format={"type": "json_schema", "json_schema": {"name": "person", "schema": schema, "strict": True}},
         )
         v = json.loads(r.choices[0].message.content)
         check(set(v) == {"name", "age"} and isinstance(v["age"], int), f"schema output {v}")
         tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {
-            "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
+            "type": "object", "properties": {"city": {"type": "string", "maxLength": 40}}, "required": ["city"]}}}]
         r = c.chat.completions.create(
-            model=model, temperature=0, max_tokens=40, tools=tools,
+            model=model, temperature=0, max_tokens=100, tools=tools,
             messages=[{"role": "user", "content": "Weather in Paris?"}],
             tool_choice={"type": "function", "function": {"name": "get_weather"}},
         )

@@ -398,18 +398,19 @@ async fn structured_output_and_forced_tool_calls() -> anyhow::Result<()> {
     let chat = format!("{url}/v1/chat/completions");
     // Bounded strings: a 135M model may otherwise write a name until `max_tokens`.
     let schema = json!({"type": "object", "properties": {"name": {"type": "string", "maxLength": 24},
-        "age": {"type": "integer"}}, "required": ["name", "age"], "additionalProperties": false});
+        "age": {"type": "integer", "minimum": 0, "maximum": 150}},
+        "required": ["name", "age"], "additionalProperties": false});
     let v = ok(&c, &chat, chat_body(json!({"max_tokens": 100, "response_format":
         {"type": "json_schema", "json_schema": {"name": "person", "schema": schema, "strict": true}}}))).await?;
-    let out: Value = serde_json::from_str(
-        v["choices"][0]["message"]["content"]
-            .as_str()
-            .unwrap_or_default(),
-    )?;
+    let content = v["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap_or_default();
+    let out: Value = serde_json::from_str(content)
+        .map_err(|e| anyhow::anyhow!("not JSON ({e}): {content:?} in {v}"))?;
     assert!(out["name"].is_string() && out["age"].is_i64(), "{out}");
     assert_eq!(v["choices"][0]["finish_reason"], "stop", "{v}");
     let tools = json!([{"type": "function", "function": {"name": "get_weather", "parameters":
-        {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]);
+        {"type": "object", "properties": {"city": {"type": "string", "maxLength": 40}}, "required": ["city"]}}}]);
     for choice in [
         json!("required"),
         json!({"type": "function", "function": {"name": "get_weather"}}),
@@ -417,13 +418,14 @@ async fn structured_output_and_forced_tool_calls() -> anyhow::Result<()> {
         let v = ok(
             &c,
             &chat,
-            chat_body(json!({"max_tokens": 60, "tools": tools, "tool_choice": choice})),
+            chat_body(json!({"max_tokens": 100, "tools": tools, "tool_choice": choice})),
         )
         .await?;
         let call = &v["choices"][0]["message"]["tool_calls"][0];
         assert_eq!(call["function"]["name"], "get_weather", "{v}");
         let args: Value =
-            serde_json::from_str(call["function"]["arguments"].as_str().unwrap_or_default())?;
+            serde_json::from_str(call["function"]["arguments"].as_str().unwrap_or_default())
+                .map_err(|e| anyhow::anyhow!("arguments not JSON ({e}): {v}"))?;
         assert!(args["city"].is_string(), "{args}");
         assert_eq!(v["choices"][0]["finish_reason"], "tool_calls");
     }

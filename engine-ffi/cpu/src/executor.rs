@@ -318,8 +318,7 @@ impl Executor for CpuExecutor {
         let outputs = sampled
             .zip(logits)
             .map(|(s, mut l)| {
-                let (token, logprob) =
-                    sampler::try_sample(&mut l, &s.sampling, s.next_position())?;
+                let (token, logprob) = sampler::try_sample(&mut l, &s.sampling, s.next_position())?;
                 Ok(SeqOutput {
                     request_id: s.request_id,
                     token,

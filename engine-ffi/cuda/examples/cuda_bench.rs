@@ -14,7 +14,9 @@
 use anyhow::{Context, Result};
 use ferrite_cuda::{CudaConfig, CudaExecutor, CudaOptions, Dtype};
 use ferrite_engine::{Batch, Executor, SamplingContext, SeqInput, slot_for};
-use ferrite_protocol::{BlockId, DpRank, PreprocessedRequest, RequestId, SamplingParams, StopConditions};
+use ferrite_protocol::{
+    BlockId, DpRank, PreprocessedRequest, RequestId, SamplingParams, StopConditions,
+};
 use std::time::Instant;
 
 const TEXT: &str = "In the beginning of the long winter the village gathered around the fire \
@@ -39,7 +41,9 @@ fn seq(tokens: &[u32], start: u32, blocks: &[BlockId]) -> SeqInput {
         tokens: tokens.to_vec(),
         start_pos: start,
         block_table: blocks.to_vec(),
-        slot_mapping: (0..tokens.len() as u32).map(|i| slot_for(blocks, 16, start + i).unwrap_or(0)).collect(),
+        slot_mapping: (0..tokens.len() as u32)
+            .map(|i| slot_for(blocks, 16, start + i).unwrap_or(0))
+            .collect(),
         sample: true,
         sampling: SamplingContext::default(),
     }
@@ -53,15 +57,17 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
 fn decode(ex: &mut CudaExecutor, tok: &ferrite_model::Tokenizer, cfg: &CudaConfig) -> Result<()> {
     let prompt = prompt_ids(tok, 128, 0)?;
     let blocks: Vec<BlockId> = (0..24).map(BlockId).collect();
-    let mut out = ex.forward(&Batch { seqs: vec![seq(&prompt, 0, &blocks)] })?;
-    let mut pos = prompt.len() as u32;
+    let mut out = ex.forward(&Batch {
+        seqs: vec![seq(&prompt, 0, &blocks)],
+    })?;
     let mut lat = Vec::new();
-    for _ in 0..256 {
+    for pos in prompt.len() as u32..prompt.len() as u32 + 256 {
         let t = out.outputs[0].token;
         let t0 = Instant::now();
-        out = ex.forward(&Batch { seqs: vec![seq(&[t], pos, &blocks)] })?;
+        out = ex.forward(&Batch {
+            seqs: vec![seq(&[t], pos, &blocks)],
+        })?;
         lat.push(t0.elapsed().as_secs_f64() * 1e3);
-        pos += 1;
     }
     let steady = &mut lat[8..].to_vec();
     let med = pct(steady, 0.5);
@@ -84,7 +90,9 @@ fn prefill(ex: &mut CudaExecutor, tok: &ferrite_model::Tokenizer, cfg: &CudaConf
         let mut times = Vec::new();
         for _ in 0..4 {
             let t0 = Instant::now();
-            ex.forward(&Batch { seqs: vec![seq(&prompt, 0, &blocks)] })?;
+            ex.forward(&Batch {
+                seqs: vec![seq(&prompt, 0, &blocks)],
+            })?;
             times.push(t0.elapsed().as_secs_f64());
         }
         let t = pct(&mut times[1..].to_vec(), 0.5);
@@ -99,12 +107,19 @@ fn prefill(ex: &mut CudaExecutor, tok: &ferrite_model::Tokenizer, cfg: &CudaConf
     Ok(())
 }
 
-fn serve(ex: &mut CudaExecutor, tok: &ferrite_model::Tokenizer, isl: usize, osl: usize, n: usize) -> Result<()> {
+fn serve(
+    ex: &mut CudaExecutor,
+    tok: &ferrite_model::Tokenizer,
+    isl: usize,
+    osl: usize,
+    n: usize,
+) -> Result<()> {
     let mut sc = ferrite_scheduler::SchedulerConfig::from_executor(&ex.info());
     sc.max_num_seqs = 256;
     sc.max_batched_tokens = 8192;
     sc.max_prefill_chunk = 8192;
-    let mut s = ferrite_scheduler::Scheduler::new(sc.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut s =
+        ferrite_scheduler::Scheduler::new(sc.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
     let base = prompt_ids(tok, isl + 64, 2)?;
     for i in 0..n {
         // Distinct prompts (no prefix-cache hits): rotate the token window per request.
@@ -116,7 +131,11 @@ fn serve(ex: &mut CudaExecutor, tok: &ferrite_model::Tokenizer, isl: usize, osl:
             token_ids: ids,
             generated_so_far: 0,
             sampling: SamplingParams::default(),
-            stop: StopConditions { max_tokens: osl as u32, ignore_eos: true, ..Default::default() },
+            stop: StopConditions {
+                max_tokens: osl as u32,
+                ignore_eos: true,
+                ..Default::default()
+            },
             dp_rank: DpRank(0),
             extra_hash_key: 0,
         })
@@ -156,16 +175,25 @@ fn label(invariant: bool, gemv: usize) -> &'static str {
 
 fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
-    let tp = args.next().context("usage: cuda_bench TOKENIZER_JSON [decode] [prefill] [serve:ISL:OSL:N]")?;
+    let tp = args
+        .next()
+        .context("usage: cuda_bench TOKENIZER_JSON [decode] [prefill] [serve:ISL:OSL:N]")?;
     let tok = ferrite_model::Tokenizer::from_file(std::path::Path::new(&tp))?;
     let what: Vec<String> = args.collect();
     let cfg = CudaConfig::llama31_8b(32, 8192);
-    let blocks: u32 = std::env::var("KV_BLOCKS").ok().and_then(|v| v.parse().ok()).unwrap_or(24_000);
+    let blocks: u32 = std::env::var("KV_BLOCKS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(24_000);
     let t0 = Instant::now();
     let mut ex = CudaExecutor::random(
         cfg.clone(),
         42,
-        CudaOptions { num_kv_blocks: blocks, dtype: Some(Dtype::Bf16), ..Default::default() },
+        CudaOptions {
+            num_kv_blocks: blocks,
+            dtype: Some(Dtype::Bf16),
+            ..Default::default()
+        },
     )?;
     println!(
         "{}: Llama-3.1-8B shapes, bf16 random weights made on the GPU in {:.1} s, {blocks} KV blocks of 16",

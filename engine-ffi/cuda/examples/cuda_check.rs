@@ -25,12 +25,19 @@ struct Case {
 }
 
 fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().map_or(Vec::new(), |a| a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect())
+    v.as_array().map_or(Vec::new(), |a| {
+        a.iter()
+            .filter_map(|x| x.as_u64())
+            .map(|x| x as u32)
+            .collect()
+    })
 }
 
 fn cases(dir: &Path, file: &str) -> Result<Vec<Case>> {
     let p = dir.join("reference").join(file);
-    let j: Value = serde_json::from_str(&std::fs::read_to_string(&p).with_context(|| p.display().to_string())?)?;
+    let j: Value = serde_json::from_str(
+        &std::fs::read_to_string(&p).with_context(|| p.display().to_string())?,
+    )?;
     Ok(j["cases"]
         .as_array()
         .context("cases")?
@@ -42,28 +49,44 @@ fn cases(dir: &Path, file: &str) -> Result<Vec<Case>> {
             top_ids: ids(&c["steps"][0]["top_ids"]),
             top_logits: c["steps"][0]["top_logits"]
                 .as_array()
-                .map_or(Vec::new(), |a| a.iter().filter_map(|x| x.as_f64()).map(|x| x as f32).collect()),
-            margins: c["greedy_margins"]
-                .as_array()
-                .map_or(Vec::new(), |a| a.iter().filter_map(|x| x.as_f64()).map(|x| x as f32).collect()),
+                .map_or(Vec::new(), |a| {
+                    a.iter()
+                        .filter_map(|x| x.as_f64())
+                        .map(|x| x as f32)
+                        .collect()
+                }),
+            margins: c["greedy_margins"].as_array().map_or(Vec::new(), |a| {
+                a.iter()
+                    .filter_map(|x| x.as_f64())
+                    .map(|x| x as f32)
+                    .collect()
+            }),
         })
         .collect())
 }
 
 fn gen_alone(ex: &mut dyn Executor, c: &Case) -> Result<Vec<u32>> {
-    let mut alloc = Alloc { next: 0, block_size: 16 };
+    let mut alloc = Alloc {
+        next: 0,
+        block_size: 16,
+    };
     let mut g = vec![Gen::new(&c.prompt, c.greedy.len(), Some(2))];
     run_all(ex, &mut alloc, &mut g, usize::MAX)?;
     Ok(g.remove(0).generated)
 }
 
 fn one_seq(tokens: &[u32], start: u32, blocks: &[u32]) -> SeqInput {
-    let bt: Vec<_> = blocks.iter().map(|b| ferrite_protocol::BlockId(*b)).collect();
+    let bt: Vec<_> = blocks
+        .iter()
+        .map(|b| ferrite_protocol::BlockId(*b))
+        .collect();
     SeqInput {
         request_id: Default::default(),
         tokens: tokens.to_vec(),
         start_pos: start,
-        slot_mapping: (0..tokens.len() as u32).map(|i| slot_for(&bt, 16, start + i).unwrap_or(0)).collect(),
+        slot_mapping: (0..tokens.len() as u32)
+            .map(|i| slot_for(&bt, 16, start + i).unwrap_or(0))
+            .collect(),
         block_table: bt,
         sample: true,
         sampling: SamplingContext::default(),
@@ -75,12 +98,23 @@ fn stories(dir: &Path) -> Result<bool> {
     let mut all = cases(dir, "stories260k.json")?;
     let batch_cases = cases(dir, "stories260k.batch.json")?;
     all.extend(cases(dir, "stories260k.batch.json")?);
-    let opts = CudaOptions { num_kv_blocks: 512, ..Default::default() };
+    let opts = CudaOptions {
+        num_kv_blocks: 512,
+        ..Default::default()
+    };
     let mut gpu = CudaExecutor::load(&model, opts)?;
-    println!("stories260k on {} dtype {:?}", gpu.device_name(), gpu.dtype());
+    println!(
+        "stories260k on {} dtype {:?}",
+        gpu.device_name(),
+        gpu.dtype()
+    );
     let mut cpu = ferrite_cpu::CpuExecutor::load(
         &model,
-        ferrite_cpu::CpuOptions { num_kv_blocks: 512, f32_activations: true, ..Default::default() },
+        ferrite_cpu::CpuOptions {
+            num_kv_blocks: 512,
+            f32_activations: true,
+            ..Default::default()
+        },
     )?;
     let mut ok = true;
     let (mut worst_rel, mut n_tok) = (0f32, 0usize);
@@ -90,11 +124,16 @@ fn stories(dir: &Path) -> Result<bool> {
         n_tok += g.len();
         if g != c.greedy || g != p {
             ok = false;
-            println!("  MISMATCH {}: gpu {:?}\n   ref {:?}\n   cpu {:?}", c.name, g, c.greedy, p);
+            println!(
+                "  MISMATCH {}: gpu {:?}\n   ref {:?}\n   cpu {:?}",
+                c.name, g, c.greedy, p
+            );
         }
         let n = c.prompt.len();
         let blocks: Vec<u32> = (0..n.div_ceil(16) as u32).collect();
-        let l = gpu.forward_logits(&Batch { seqs: vec![one_seq(&c.prompt, 0, &blocks)] })?;
+        let l = gpu.forward_logits(&Batch {
+            seqs: vec![one_seq(&c.prompt, 0, &blocks)],
+        })?;
         for (id, want) in c.top_ids.iter().zip(&c.top_logits) {
             let got = l[0][*id as usize];
             worst_rel = worst_rel.max((got - want).abs() / want.abs().max(1.0));
@@ -105,8 +144,16 @@ fn stories(dir: &Path) -> Result<bool> {
         all.len()
     );
     ok &= worst_rel <= 1e-3;
-    for (delays, chunk) in [(vec![0, 0, 0, 0], usize::MAX), (vec![0, 3, 1, 7], usize::MAX), (vec![0, 0, 2, 0], 5), (vec![4, 0, 1, 2], 16)] {
-        let mut alloc = Alloc { next: 0, block_size: 16 };
+    for (delays, chunk) in [
+        (vec![0, 0, 0, 0], usize::MAX),
+        (vec![0, 3, 1, 7], usize::MAX),
+        (vec![0, 0, 2, 0], 5),
+        (vec![4, 0, 1, 2], 16),
+    ] {
+        let mut alloc = Alloc {
+            next: 0,
+            block_size: 16,
+        };
         let mut gens: Vec<Gen> = batch_cases
             .iter()
             .enumerate()
@@ -117,12 +164,21 @@ fn stories(dir: &Path) -> Result<bool> {
             })
             .collect();
         run_all(&mut gpu, &mut alloc, &mut gens, chunk)?;
-        let same = gens.iter().zip(&batch_cases).all(|(g, c)| g.generated == c.greedy);
+        let same = gens
+            .iter()
+            .zip(&batch_cases)
+            .all(|(g, c)| g.generated == c.greedy);
         println!("  f32 batched delays {delays:?} chunk {chunk}: equal to alone/reference: {same}");
         ok &= same;
     }
     // bf16 run of the same model (informational: bf16 weights can flip small margins).
-    let mut b16 = CudaExecutor::load(&model, CudaOptions { dtype: Some(Dtype::Bf16), ..opts })?;
+    let mut b16 = CudaExecutor::load(
+        &model,
+        CudaOptions {
+            dtype: Some(Dtype::Bf16),
+            ..opts
+        },
+    )?;
     let (mut eq, mut first_div) = (0, Vec::new());
     for c in &all {
         let g = gen_alone(&mut b16, c)?;
@@ -132,26 +188,41 @@ fn stories(dir: &Path) -> Result<bool> {
             first_div.push((k, c.margins.get(k).copied().unwrap_or(f32::NAN)));
         }
     }
-    println!("  bf16: {eq}/{} cases equal to the f32 reference; first divergence (step, ref margin): {first_div:?}", all.len());
+    println!(
+        "  bf16: {eq}/{} cases equal to the f32 reference; first divergence (step, ref margin): {first_div:?}",
+        all.len()
+    );
     Ok(ok)
 }
 
 fn eight_b(tokenizer: Option<PathBuf>, batch_invariant: bool) -> Result<bool> {
     let cfg = CudaConfig::llama31_8b(2, 8192);
-    let opts = CudaOptions { num_kv_blocks: 256, dtype: Some(Dtype::Bf16), batch_invariant, ..Default::default() };
+    let opts = CudaOptions {
+        num_kv_blocks: 256,
+        dtype: Some(Dtype::Bf16),
+        batch_invariant,
+        ..Default::default()
+    };
     let mut ex = CudaExecutor::random(cfg.clone(), 1234, opts)?;
     let prompt: Vec<u32> = match tokenizer {
-        Some(p) => ferrite_model::Tokenizer::from_file(&p)?
-            .encode("The quick brown fox jumps over the lazy dog, and then it runs into the forest to find", true)?,
+        Some(p) => ferrite_model::Tokenizer::from_file(&p)?.encode(
+            "The quick brown fox jumps over the lazy dog, and then it runs into the forest to find",
+            true,
+        )?,
         None => (0..20).map(|i| (i * 7919 + 128) % 128_000).collect(),
     };
-    println!("8B shapes, 2 layers, bf16 random weights, batch_invariant {batch_invariant}; prompt {} tokens", prompt.len());
+    println!(
+        "8B shapes, 2 layers, bf16 random weights, batch_invariant {batch_invariant}; prompt {} tokens",
+        prompt.len()
+    );
     let host = ex.download_weights()?;
     // Prefill + 3 decode steps through the GPU, logits kept.
     let mut toks = prompt.clone();
     let blocks: Vec<u32> = (0..16).collect();
     let mut gpu_logits = Vec::new();
-    let l = ex.forward_logits(&Batch { seqs: vec![one_seq(&prompt, 0, &blocks)] })?;
+    let l = ex.forward_logits(&Batch {
+        seqs: vec![one_seq(&prompt, 0, &blocks)],
+    })?;
     gpu_logits.push(l[0].clone());
     for _ in 0..3 {
         let next = ferrite_engine::sampler::argmax(gpu_logits.last().context("logits")?) as u32;
@@ -164,12 +235,18 @@ fn eight_b(tokenizer: Option<PathBuf>, batch_invariant: bool) -> Result<bool> {
     let want: Vec<usize> = (prompt.len() - 1..toks.len()).collect();
     let t0 = std::time::Instant::now();
     let refl = reference::forward(&cfg, &host, &toks, &want);
-    println!("  f32 reference on host: {:.1} s", t0.elapsed().as_secs_f64());
+    println!(
+        "  f32 reference on host: {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
     let mut ok = true;
     for (k, (g, r)) in gpu_logits.iter().zip(&refl).enumerate() {
         let rel = reference::rel_l2(g, r);
         let nan = g.iter().any(|v| !v.is_finite());
-        let (ga, ra) = (ferrite_engine::sampler::argmax(g), ferrite_engine::sampler::argmax(r));
+        let (ga, ra) = (
+            ferrite_engine::sampler::argmax(g),
+            ferrite_engine::sampler::argmax(r),
+        );
         println!("  step {k}: rel L2 {rel:.2e}, NaN/inf: {nan}, argmax gpu {ga} ref {ra}");
         ok &= rel < 2e-2 && !nan;
     }
@@ -178,26 +255,54 @@ fn eight_b(tokenizer: Option<PathBuf>, batch_invariant: bool) -> Result<bool> {
         let pb: Vec<u32> = (0..45u32).map(|k| (k * 131 + 77) % 128_000).collect();
         let ba: Vec<u32> = (0..16).collect();
         let bb: Vec<u32> = (100..116).collect();
-        let alone = ex.forward_logits(&Batch { seqs: vec![one_seq(&prompt, 0, &ba)] })?;
-        let both = ex.forward_logits(&Batch { seqs: vec![one_seq(&prompt, 0, &ba), one_seq(&pb, 0, &bb)] })?;
-        let diff = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
-        println!("  probe prefill: A alone vs A+B max |dlogit| {:.3e}", diff(&alone[0], &both[0]));
+        let alone = ex.forward_logits(&Batch {
+            seqs: vec![one_seq(&prompt, 0, &ba)],
+        })?;
+        let both = ex.forward_logits(&Batch {
+            seqs: vec![one_seq(&prompt, 0, &ba), one_seq(&pb, 0, &bb)],
+        })?;
+        let diff = |a: &[f32], b: &[f32]| {
+            a.iter()
+                .zip(b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max)
+        };
+        println!(
+            "  probe prefill: A alone vs A+B max |dlogit| {:.3e}",
+            diff(&alone[0], &both[0])
+        );
         let n = prompt.len() as u32;
-        let a1 = ex.forward_logits(&Batch { seqs: vec![one_seq(&[5], n, &ba)] })?;
+        let a1 = ex.forward_logits(&Batch {
+            seqs: vec![one_seq(&[5], n, &ba)],
+        })?;
         let ab1 = ex.forward_logits(&Batch {
             seqs: vec![one_seq(&[5], n, &ba), one_seq(&[6], pb.len() as u32, &bb)],
         })?;
-        println!("  probe decode: A alone vs A+B max |dlogit| {:.3e}", diff(&a1[0], &ab1[0]));
+        println!(
+            "  probe decode: A alone vs A+B max |dlogit| {:.3e}",
+            diff(&a1[0], &ab1[0])
+        );
         let mut chunked = one_seq(&prompt[..12], 0, &ba);
         chunked.sample = false;
-        let c1 = ex.forward_logits(&Batch { seqs: vec![chunked, one_seq(&pb, 0, &bb)] })?;
-        let c2 = ex.forward_logits(&Batch { seqs: vec![one_seq(&prompt[12..], 12, &ba)] })?;
+        let c1 = ex.forward_logits(&Batch {
+            seqs: vec![chunked, one_seq(&pb, 0, &bb)],
+        })?;
+        let c2 = ex.forward_logits(&Batch {
+            seqs: vec![one_seq(&prompt[12..], 12, &ba)],
+        })?;
         // Larger batch mates: B of 300 tokens (prefill), then A decoding next to 3 others.
         let big: Vec<u32> = (0..300u32).map(|k| (k * 97 + 11) % 128_000).collect();
         let bbig: Vec<u32> = (200..220).collect();
-        let both = ex.forward_logits(&Batch { seqs: vec![one_seq(&prompt, 0, &ba), one_seq(&big, 0, &bbig)] })?;
-        println!("  probe prefill: A alone vs A + 300-token B max |dlogit| {:.3e}", diff(&alone[0], &both[0]));
-        let a1 = ex.forward_logits(&Batch { seqs: vec![one_seq(&[5], n, &ba)] })?;
+        let both = ex.forward_logits(&Batch {
+            seqs: vec![one_seq(&prompt, 0, &ba), one_seq(&big, 0, &bbig)],
+        })?;
+        println!(
+            "  probe prefill: A alone vs A + 300-token B max |dlogit| {:.3e}",
+            diff(&alone[0], &both[0])
+        );
+        let a1 = ex.forward_logits(&Batch {
+            seqs: vec![one_seq(&[5], n, &ba)],
+        })?;
         let four = ex.forward_logits(&Batch {
             seqs: vec![
                 one_seq(&[5], n, &ba),
@@ -206,9 +311,17 @@ fn eight_b(tokenizer: Option<PathBuf>, batch_invariant: bool) -> Result<bool> {
                 one_seq(&[8], 299, &bbig),
             ],
         })?;
-        println!("  probe decode: A alone vs A + 3 decode mates max |dlogit| {:.3e}", diff(&a1[0], &four[0]));
-        let again = ex.forward_logits(&Batch { seqs: vec![one_seq(&[5], n, &ba)] })?;
-        println!("  probe repeat: same decode step twice max |dlogit| {:.3e}", diff(&a1[0], &again[0]));
+        println!(
+            "  probe decode: A alone vs A + 3 decode mates max |dlogit| {:.3e}",
+            diff(&a1[0], &four[0])
+        );
+        let again = ex.forward_logits(&Batch {
+            seqs: vec![one_seq(&[5], n, &ba)],
+        })?;
+        println!(
+            "  probe repeat: same decode step twice max |dlogit| {:.3e}",
+            diff(&a1[0], &again[0])
+        );
         println!(
             "  probe chunked prefill (12 + {}): vs whole max |dlogit| {:.3e} (B got {} rows)",
             prompt.len() - 12,
@@ -226,13 +339,23 @@ fn eight_b(tokenizer: Option<PathBuf>, batch_invariant: bool) -> Result<bool> {
         .collect();
     let mut alone = Vec::new();
     for p in &prompts {
-        let mut alloc = Alloc { next: 0, block_size: 16 };
+        let mut alloc = Alloc {
+            next: 0,
+            block_size: 16,
+        };
         let mut g = vec![Gen::new(p, 24, None)];
         run_all(&mut ex, &mut alloc, &mut g, usize::MAX)?;
         alone.push(g.remove(0).generated);
     }
-    for (delays, chunk) in [(vec![0, 0, 0, 0], usize::MAX), (vec![0, 0, 0, 0], usize::MAX), (vec![0, 2, 5, 1], 16)] {
-        let mut alloc = Alloc { next: 0, block_size: 16 };
+    for (delays, chunk) in [
+        (vec![0, 0, 0, 0], usize::MAX),
+        (vec![0, 0, 0, 0], usize::MAX),
+        (vec![0, 2, 5, 1], 16),
+    ] {
+        let mut alloc = Alloc {
+            next: 0,
+            block_size: 16,
+        };
         let mut gens: Vec<Gen> = prompts
             .iter()
             .zip(&delays)
@@ -246,10 +369,18 @@ fn eight_b(tokenizer: Option<PathBuf>, batch_invariant: bool) -> Result<bool> {
         let same: Vec<usize> = gens
             .iter()
             .zip(&alone)
-            .map(|(g, a)| g.generated.iter().zip(a).take_while(|(x, y)| x == y).count())
+            .map(|(g, a)| {
+                g.generated
+                    .iter()
+                    .zip(a)
+                    .take_while(|(x, y)| x == y)
+                    .count()
+            })
             .collect();
         let all_same = same.iter().all(|n| *n == 24);
-        println!("  batch invariance delays {delays:?} chunk {chunk}: equal tokens per seq (of 24) {same:?}");
+        println!(
+            "  batch invariance delays {delays:?} chunk {chunk}: equal tokens per seq (of 24) {same:?}"
+        );
         ok &= all_same;
     }
     Ok(ok)
@@ -257,7 +388,10 @@ fn eight_b(tokenizer: Option<PathBuf>, batch_invariant: bool) -> Result<bool> {
 
 fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
-    let dir = PathBuf::from(args.next().context("usage: cuda_check MODELS_DIR [TOKENIZER_JSON]")?);
+    let dir = PathBuf::from(
+        args.next()
+            .context("usage: cuda_check MODELS_DIR [TOKENIZER_JSON]")?,
+    );
     let tok = args.next().map(PathBuf::from);
     match ferrite_cuda::probe() {
         Ok(n) => println!("{n} GPU(s)"),
@@ -267,7 +401,11 @@ fn main() -> Result<()> {
     let b = eight_b(tok.clone(), true)?;
     // Without fixed-row GEMMs (informational: cuBLAS then picks algorithms by step size).
     eight_b(tok, false)?;
-    println!("RESULT stories260k: {}  8B-shape: {}", if a { "PASS" } else { "FAIL" }, if b { "PASS" } else { "FAIL" });
+    println!(
+        "RESULT stories260k: {}  8B-shape: {}",
+        if a { "PASS" } else { "FAIL" },
+        if b { "PASS" } else { "FAIL" }
+    );
     if !(a && b) {
         std::process::exit(1);
     }

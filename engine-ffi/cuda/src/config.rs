@@ -277,6 +277,9 @@ mod tests {
         let mut c = CudaConfig::llama31_8b(1, 8192);
         c.kv_heads = 1;
         c.heads = 64;
-        assert!(c.validate().is_err(), "64 query heads per KV head exceed a tile");
+        assert!(
+            c.validate().is_err(),
+            "64 query heads per KV head exceed a tile"
+        );
     }
 }

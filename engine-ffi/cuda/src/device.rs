@@ -154,6 +154,7 @@ impl Gpu {
 
     /// `y[rows, out] = x[rows, inner] · w[out, inner]ᵀ` (row-major, HF weight layout),
     /// float32 accumulation; `y` is float32 when `y_f32`, else the element type.
+    #[allow(clippy::too_many_arguments)] // a GEMM is three pointers and three sizes
     pub fn gemm(
         &self,
         w: u64,
@@ -184,7 +185,10 @@ impl Gpu {
         }
         if self.fixed_rows > 0 {
             let f = self.fixed_rows;
-            let (xe, ye) = (self.dtype.bytes(), if y_f32 { 4 } else { self.dtype.bytes() });
+            let (xe, ye) = (
+                self.dtype.bytes(),
+                if y_f32 { 4 } else { self.dtype.bytes() },
+            );
             let mut r0 = 0;
             while r0 < rows {
                 let (xo, yo) = ((r0 * inner * xe) as u64, (r0 * out * ye) as u64);
@@ -196,7 +200,7 @@ impl Gpu {
         self.gemm_blas(w, x, y, rows, out, inner, y_f32)
     }
 
-    #[allow(clippy::too_many_arguments)]
+    #[allow(clippy::too_many_arguments)] // as `gemm`
     fn gemm_blas(
         &self,
         w: u64,

@@ -53,7 +53,9 @@ impl From<CudaError> for ferrite_engine::EngineError {
     fn from(e: CudaError) -> Self {
         match e {
             CudaError::InvalidBatch(m) => ferrite_engine::EngineError::InvalidBatch(m),
-            CudaError::File { path, message } => ferrite_engine::EngineError::File { path, message },
+            CudaError::File { path, message } => {
+                ferrite_engine::EngineError::File { path, message }
+            }
             CudaError::Model(m) => ferrite_engine::EngineError::Model(m.to_string()),
             other => ferrite_engine::EngineError::Backend(other.to_string()),
         }

@@ -1,16 +1,17 @@
 //! [`CudaExecutor`]: weights and paged KV cache on one GPU, a batched forward pass per
 //! step (cuBLAS GEMMs + NVRTC kernels), greedy sampling on the device.
 
-use crate::config::{ATTN_SPLIT_LEN, CudaConfig, Dtype};
+use crate::config::{CudaConfig, Dtype};
 use crate::device::{DevBuf, Gpu, KArg};
 use crate::error::{CudaError, Result};
-use crate::kernels::ATTN_THREADS;
-use crate::step::{self, StepMeta};
+use crate::step::StepMeta;
 use crate::weights::{self, HostLayer, HostWeights};
 use ferrite_engine::{
     Batch, BatchOutput, Executor, ExecutorInfo, KvCacheSpec, SeqInput, SeqOutput, sampler,
 };
 use std::path::Path;
+
+mod forward;
 
 /// Share of the card's memory not given to the KV cache when it is sized automatically.
 pub const KV_RESERVE_FRACTION: f64 = 0.1;
@@ -140,14 +141,22 @@ impl CudaExecutor {
             None => weights::checkpoint_dtype(path)?,
         };
         let host = weights::load_safetensors(path, &cfg)?;
-        Self::from_host(cfg, &host, CudaOptions { dtype: Some(dtype), ..opts })
+        Self::from_host(
+            cfg,
+            &host,
+            CudaOptions {
+                dtype: Some(dtype),
+                ..opts
+            },
+        )
     }
 
     /// Uploads float32 host weights, encoded to `opts.dtype` (float32 when `None`).
     pub fn from_host(cfg: CudaConfig, w: &HostWeights, opts: CudaOptions) -> Result<Self> {
         let dtype = opts.dtype.unwrap_or(Dtype::F32);
         let mut ex = Self::allocate(cfg, dtype, opts)?;
-        let up = |gpu: &Gpu, dst: &DevBuf, v: &[f32]| gpu.upload(dst.ptr, &weights::encode(v, dtype));
+        let up =
+            |gpu: &Gpu, dst: &DevBuf, v: &[f32]| gpu.upload(dst.ptr, &weights::encode(v, dtype));
         up(&ex.gpu, &ex.embed, &w.embed)?;
         up(&ex.gpu, &ex.norm, &w.norm)?;
         if let (Some(d), Some(s)) = (&ex.lm_head, &w.lm_head) {
@@ -202,7 +211,11 @@ impl CudaExecutor {
         cfg.validate()?;
         let mut gpu = Gpu::new(opts.device, dtype)?;
         gpu.gemv_max_rows = opts.gemv_max_rows;
-        gpu.fixed_rows = if opts.batch_invariant { INVARIANT_ROWS } else { 0 };
+        gpu.fixed_rows = if opts.batch_invariant {
+            INVARIANT_ROWS
+        } else {
+            0
+        };
         let e = dtype.bytes();
         let (h, i) = (cfg.hidden, cfg.intermediate);
         let mut layers = Vec::with_capacity(cfg.layers);
@@ -222,14 +235,21 @@ impl CudaExecutor {
         } else {
             let (free, total) = gpu.ctx.mem_get_info()?;
             let reserve = ((total as f64 * KV_RESERVE_FRACTION) as usize).max(4 << 30);
-            let head = if cfg.tie_embeddings { 0 } else { cfg.vocab * h * e };
+            let head = if cfg.tie_embeddings {
+                0
+            } else {
+                cfg.vocab * h * e
+            };
             // Layers are allocated already; embeddings and lm_head come next.
             let weights = cfg.vocab * h * e + head;
             let avail = free.saturating_sub(weights + reserve);
             let per = cfg.kv_block_bytes(block_size as usize, dtype).max(1);
             (avail / per).clamp(16, u32::MAX as usize) as u32
         };
-        let opts = CudaOptions { num_kv_blocks, ..opts };
+        let opts = CudaOptions {
+            num_kv_blocks,
+            ..opts
+        };
         let slots = opts.num_kv_blocks as usize * block_size as usize;
         let mut kc = Vec::with_capacity(cfg.layers);
         let mut vc = Vec::with_capacity(cfg.layers);
@@ -356,149 +376,6 @@ impl CudaExecutor {
         self.scratch.cap_parts = p;
         self.scratch.cap_meta = meta;
         Ok(())
-    }
-
-    /// Runs the forward pass; the logits of the sampled rows are left in the LOGITS buffer
-    /// (float32, `[sampled, vocab]`). Returns the step metadata.
-    fn run(&mut self, batch: &Batch) -> Result<StepMeta> {
-        step::validate(&self.cfg, self.num_blocks, self.block_size, batch)?;
-        let m = step::build(batch, self.cfg.tile_tokens());
-        if m.tokens == 0 {
-            return Ok(m);
-        }
-        self.ensure_scratch(&m)?;
-        let b = |i: usize| self.scratch.bufs[i].ptr;
-        let meta = b(META);
-        self.gpu.upload(meta, &m.data)?;
-        let mi = |off: usize| meta + 4 * off as u64;
-        let (c, g) = (&self.cfg, &self.gpu);
-        let t = m.tokens as u32;
-        let (h, hd) = (c.hidden as i32, c.head_dim as i32);
-        let (heads, kvh) = (c.heads as i32, c.kv_heads as i32);
-        let eps = c.eps;
-        g.launch(
-            &g.k.embed,
-            (t, 1, 1),
-            256,
-            &[KArg::U64(mi(m.tokens_off)), KArg::U64(self.embed.ptr), KArg::U64(b(X)), KArg::I32(h)],
-        )?;
-        for (li, l) in self.layers.iter().enumerate() {
-            let delta = if li == 0 { 0 } else { b(DELTA) };
-            g.launch(
-                &g.k.add_rmsnorm,
-                (t, 1, 1),
-                1024,
-                &[
-                    KArg::U64(b(X)),
-                    KArg::U64(delta),
-                    KArg::U64(0),
-                    KArg::U64(l.attn_norm.ptr),
-                    KArg::U64(b(XN)),
-                    KArg::I32(h),
-                    KArg::F32(eps),
-                ],
-            )?;
-            g.gemm(l.wqkv.ptr, b(XN), b(QKV), m.tokens, c.qkv_dim(), c.hidden, false)?;
-            g.launch(
-                &g.k.rope_cache,
-                (t, 1, 1),
-                256,
-                &[
-                    KArg::U64(b(QKV)),
-                    KArg::U64(self.inv_freq.ptr),
-                    KArg::U64(mi(m.pos_off)),
-                    KArg::U64(mi(m.slots_off)),
-                    KArg::U64(self.kc[li].ptr),
-                    KArg::U64(self.vc[li].ptr),
-                    KArg::I32(heads),
-                    KArg::I32(kvh),
-                    KArg::I32(hd),
-                    KArg::I32(0),
-                ],
-            )?;
-            g.launch(
-                &g.k.attn_partial,
-                (m.tiles as u32, c.kv_heads as u32, m.max_splits as u32),
-                ATTN_THREADS,
-                &[
-                    KArg::U64(b(QKV)),
-                    KArg::U64(self.kc[li].ptr),
-                    KArg::U64(self.vc[li].ptr),
-                    KArg::U64(mi(m.bt_off)),
-                    KArg::I32(m.bt_stride as i32),
-                    KArg::U64(mi(m.tok_seq_off)),
-                    KArg::U64(mi(m.pos_off)),
-                    KArg::U64(mi(m.part_off_off)),
-                    KArg::U64(mi(m.tiles_off)),
-                    KArg::U64(b(PART_ACC)),
-                    KArg::U64(b(PART_ML)),
-                    KArg::I32(heads),
-                    KArg::I32(kvh),
-                    KArg::I32(hd),
-                    KArg::I32(self.block_size as i32),
-                    KArg::F32(c.attn_scale()),
-                    KArg::I32(ATTN_SPLIT_LEN as i32),
-                ],
-            )?;
-            g.launch(
-                &g.k.attn_combine,
-                (t, c.heads as u32, 1),
-                128,
-                &[
-                    KArg::U64(b(PART_ACC)),
-                    KArg::U64(b(PART_ML)),
-                    KArg::U64(mi(m.pos_off)),
-                    KArg::U64(mi(m.part_off_off)),
-                    KArg::U64(b(ATTN)),
-                    KArg::I32(heads),
-                    KArg::I32(hd),
-                    KArg::I32(ATTN_SPLIT_LEN as i32),
-                ],
-            )?;
-            g.gemm(l.wo.ptr, b(ATTN), b(DELTA), m.tokens, c.hidden, c.q_dim(), false)?;
-            g.launch(
-                &g.k.add_rmsnorm,
-                (t, 1, 1),
-                1024,
-                &[
-                    KArg::U64(b(X)),
-                    KArg::U64(b(DELTA)),
-                    KArg::U64(0),
-                    KArg::U64(l.ffn_norm.ptr),
-                    KArg::U64(b(XN)),
-                    KArg::I32(h),
-                    KArg::F32(eps),
-                ],
-            )?;
-            g.gemm(l.w_gate_up.ptr, b(XN), b(GU), m.tokens, 2 * c.intermediate, c.hidden, false)?;
-            let n = m.tokens * c.intermediate;
-            g.launch(
-                &g.k.swiglu,
-                (n.div_ceil(256).min(65_535 * 8) as u32, 1, 1),
-                256,
-                &[KArg::U64(b(GU)), KArg::U64(b(ACT)), KArg::I32(t as i32), KArg::I32(c.intermediate as i32)],
-            )?;
-            g.gemm(l.w_down.ptr, b(ACT), b(DELTA), m.tokens, c.hidden, c.intermediate, false)?;
-        }
-        if m.sampled > 0 {
-            g.launch(
-                &g.k.add_rmsnorm,
-                (m.sampled as u32, 1, 1),
-                1024,
-                &[
-                    KArg::U64(b(X)),
-                    KArg::U64(b(DELTA)),
-                    KArg::U64(mi(m.rows_off)),
-                    KArg::U64(self.norm.ptr),
-                    KArg::U64(b(FNORM)),
-                    KArg::I32(h),
-                    KArg::F32(eps),
-                ],
-            )?;
-            let head = self.lm_head.as_ref().unwrap_or(&self.embed).ptr;
-            g.gemm(head, b(FNORM), b(LOGITS), m.sampled, c.vocab, c.hidden, true)?;
-        }
-        Ok(m)
     }
 
     /// Runs the batch and returns the raw float32 logits of every sequence with `sample`

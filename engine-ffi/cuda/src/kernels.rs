@@ -80,10 +80,11 @@ pub fn compile(dtype: Dtype, arch: &'static str) -> Result<Ptx> {
         name: Some(format!("ferrite_{}.cu", dtype.name())),
         ..Default::default()
     };
-    let ptx = cudarc::nvrtc::compile_ptx_with_opts(SOURCE, opts).map_err(|e| CudaError::Compile {
-        kernel: format!("ferrite.cu ({}, {arch})", dtype.name()),
-        message: e.to_string(),
-    })?;
+    let ptx =
+        cudarc::nvrtc::compile_ptx_with_opts(SOURCE, opts).map_err(|e| CudaError::Compile {
+            kernel: format!("ferrite.cu ({}, {arch})", dtype.name()),
+            message: e.to_string(),
+        })?;
     cache
         .lock()
         .unwrap_or_else(|p| p.into_inner())
@@ -137,7 +138,10 @@ mod tests {
             let n = SOURCE.matches(&pat).count() + SOURCE.matches(&pat_lb).count();
             assert_eq!(n, 1, "kernel {name} defined {n} times");
         }
-        assert!(SOURCE.contains("#define ATTN_WARPS 8"), "ATTN_THREADS = 8 warps");
+        assert!(
+            SOURCE.contains("#define ATTN_WARPS 8"),
+            "ATTN_THREADS = 8 warps"
+        );
         assert_eq!(ATTN_THREADS, 8 * 32);
         assert!(SOURCE.contains(&format!("#define HDMAX {}", crate::config::MAX_HEAD_DIM)));
         assert!(SOURCE.contains(&format!("#define TILE_ROWS {}", crate::config::TILE_ROWS)));
@@ -159,7 +163,10 @@ mod tests {
         for dt in [Dtype::F32, Dtype::Bf16] {
             let ptx = compile(dt, "compute_90").expect("compile").to_src();
             for name in KERNEL_NAMES {
-                assert!(ptx.contains(&format!(".entry {name}(")), "{name} missing in PTX");
+                assert!(
+                    ptx.contains(&format!(".entry {name}(")),
+                    "{name} missing in PTX"
+                );
             }
         }
     }

@@ -87,7 +87,10 @@ pub fn forward(cfg: &CudaConfig, w: &HostWeights, tokens: &[u32], want: &[usize]
                 let scores: Vec<f64> = (0..=p)
                     .map(|j| {
                         let k = &ks[j][kh * hd..(kh + 1) * hd];
-                        q.iter().zip(k).map(|(a, b)| f64::from(*a) * f64::from(*b)).sum::<f64>()
+                        q.iter()
+                            .zip(k)
+                            .map(|(a, b)| f64::from(*a) * f64::from(*b))
+                            .sum::<f64>()
                             * scale
                     })
                     .collect();
@@ -95,9 +98,7 @@ pub fn forward(cfg: &CudaConfig, w: &HostWeights, tokens: &[u32], want: &[usize]
                 let e: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
                 let z: f64 = e.iter().sum();
                 for d in 0..hd {
-                    let a: f64 = (0..=p)
-                        .map(|j| e[j] * f64::from(vs[j][kh * hd + d]))
-                        .sum();
+                    let a: f64 = (0..=p).map(|j| e[j] * f64::from(vs[j][kh * hd + d])).sum();
                     attn[hh * hd + d] = (a / z) as f32;
                 }
             }
@@ -154,7 +155,9 @@ mod tests {
         let mut rnd = |n: usize| -> Vec<f32> {
             (0..n)
                 .map(|_| {
-                    seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    seed = seed
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
                     ((seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.8
                 })
                 .collect()

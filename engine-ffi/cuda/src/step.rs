@@ -50,7 +50,9 @@ pub fn validate(cfg: &CudaConfig, num_blocks: u32, block_size: u32, batch: &Batc
             )));
         }
         if s.block_table.len() * (block_size as usize) < end {
-            return Err(bad(format!("block table covers fewer than {end} positions")));
+            return Err(bad(format!(
+                "block table covers fewer than {end} positions"
+            )));
         }
         if let Some(b) = s.block_table.iter().find(|b| b.0 >= num_blocks) {
             return Err(bad(format!("block {} beyond {num_blocks} blocks", b.0)));
@@ -171,7 +173,10 @@ mod tests {
         assert_eq!((m.tokens, m.sampled, m.bt_stride), (4, 1, 19));
         assert_eq!(&m.data[m.tokens_off..m.tokens_off + 4], &[5, 6, 7, 9]);
         assert_eq!(&m.data[m.pos_off..m.pos_off + 4], &[0, 1, 2, 300]);
-        assert_eq!(&m.data[m.slots_off..m.slots_off + 4], &[48, 49, 50, 18 * 16 + 12]);
+        assert_eq!(
+            &m.data[m.slots_off..m.slots_off + 4],
+            &[48, 49, 50, 18 * 16 + 12]
+        );
         assert_eq!(&m.data[m.tok_seq_off..m.tok_seq_off + 4], &[0, 0, 0, 1]);
         // Position 300 needs 3 splits of 128 keys; the others 1 each.
         assert_eq!(&m.data[m.part_off_off..m.part_off_off + 4], &[0, 1, 2, 3]);
@@ -190,9 +195,27 @@ mod tests {
     fn validation_names_the_problem() {
         let cfg = CudaConfig::llama31_8b(1, 512);
         let mut s = seq(vec![1, 2], 0, &[0], true);
-        assert!(validate(&cfg, 4, 16, &Batch { seqs: vec![s.clone()] }).is_ok());
+        assert!(
+            validate(
+                &cfg,
+                4,
+                16,
+                &Batch {
+                    seqs: vec![s.clone()]
+                }
+            )
+            .is_ok()
+        );
         s.block_table[0] = BlockId(4);
-        let e = validate(&cfg, 4, 16, &Batch { seqs: vec![s.clone()] }).unwrap_err();
+        let e = validate(
+            &cfg,
+            4,
+            16,
+            &Batch {
+                seqs: vec![s.clone()],
+            },
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("beyond 4 blocks"), "{e}");
         let long = seq(vec![1; 20], 0, &[0], true);
         let e = validate(&cfg, 4, 16, &Batch { seqs: vec![long] }).unwrap_err();

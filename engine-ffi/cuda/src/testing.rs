@@ -36,9 +36,7 @@ impl Gen {
 
     pub fn finished(&self) -> bool {
         self.generated.len() >= self.max_new
-            || self
-                .eos
-                .is_some_and(|e| self.generated.last() == Some(&e))
+            || self.eos.is_some_and(|e| self.generated.last() == Some(&e))
     }
 
     fn all_tokens(&self) -> Vec<u32> {
@@ -118,9 +116,9 @@ pub fn run_all(
             let g = &mut gens[i];
             g.cached += s.tokens.len();
             if s.sample {
-                let o = outs.next().ok_or_else(|| {
-                    ferrite_engine::EngineError::Backend("missing output".into())
-                })?;
+                let o = outs
+                    .next()
+                    .ok_or_else(|| ferrite_engine::EngineError::Backend("missing output".into()))?;
                 g.generated.push(o.token);
             }
         }

@@ -96,7 +96,8 @@ pub fn checkpoint_dtype(folder: &Path) -> Result<Dtype> {
 fn safetensor_files(folder: &Path) -> Result<HashMap<String, PathBuf>> {
     let index = folder.join("model.safetensors.index.json");
     if index.exists() {
-        let text = std::fs::read_to_string(&index).map_err(|e| CudaError::file(&index, e.to_string()))?;
+        let text =
+            std::fs::read_to_string(&index).map_err(|e| CudaError::file(&index, e.to_string()))?;
         let j: serde_json::Value =
             serde_json::from_str(&text).map_err(|e| CudaError::file(&index, e.to_string()))?;
         let map = j
@@ -281,7 +282,9 @@ mod tests {
             .expect("k");
         let off = cfg.q_dim() * 64;
         assert_eq!(&w.layers[2].wqkv[off..off + k.len()], &k[..]);
-        let up = s.get("model.layers.4.mlp.up_proj.weight", 172 * 64).expect("up");
+        let up = s
+            .get("model.layers.4.mlp.up_proj.weight", 172 * 64)
+            .expect("up");
         assert_eq!(&w.layers[4].w_gate_up[172 * 64..], &up[..]);
     }
 }

@@ -11,7 +11,9 @@ use std::path::PathBuf;
 fn stories() -> PathBuf {
     match std::env::var("FERRITE_TEST_MODELS") {
         Ok(p) => PathBuf::from(p).join("stories260k"),
-        Err(_) => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/models/stories260k"),
+        Err(_) => {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/models/stories260k")
+        }
     }
 }
 

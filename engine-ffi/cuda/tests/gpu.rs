@@ -16,9 +16,14 @@ fn models() -> PathBuf {
 
 fn cases(file: &str) -> Vec<(Vec<u32>, Vec<u32>)> {
     let p = models().join("reference").join(file);
-    let j: Value = serde_json::from_str(&std::fs::read_to_string(p).expect("reference")).expect("json");
+    let j: Value =
+        serde_json::from_str(&std::fs::read_to_string(p).expect("reference")).expect("json");
     let ids = |v: &Value| -> Vec<u32> {
-        v.as_array().expect("ids").iter().map(|x| x.as_u64().expect("id") as u32).collect()
+        v.as_array()
+            .expect("ids")
+            .iter()
+            .map(|x| x.as_u64().expect("id") as u32)
+            .collect()
     };
     j["cases"]
         .as_array()
@@ -31,17 +36,24 @@ fn cases(file: &str) -> Vec<(Vec<u32>, Vec<u32>)> {
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn stories260k_greedy_equals_reference_alone_and_batched() {
-    let mut ex = CudaExecutor::load(&models().join("stories260k"), CudaOptions::default()).expect("load");
+    let mut ex =
+        CudaExecutor::load(&models().join("stories260k"), CudaOptions::default()).expect("load");
     let mut all = cases("stories260k.json");
     all.extend(cases("stories260k.batch.json"));
     for (prompt, greedy) in &all {
-        let mut alloc = Alloc { next: 0, block_size: 16 };
+        let mut alloc = Alloc {
+            next: 0,
+            block_size: 16,
+        };
         let mut g = vec![Gen::new(prompt, greedy.len(), Some(2))];
         run_all(&mut ex, &mut alloc, &mut g, usize::MAX).expect("run");
         assert_eq!(&g[0].generated, greedy);
     }
     let batch = cases("stories260k.batch.json");
-    let mut alloc = Alloc { next: 0, block_size: 16 };
+    let mut alloc = Alloc {
+        next: 0,
+        block_size: 16,
+    };
     let mut gens: Vec<Gen> = batch
         .iter()
         .enumerate()

@@ -149,7 +149,9 @@ fn backend_factory(
     let cuda_check = || ferrite_cuda::CudaExecutor::check_model(&model.path);
     let kind = match kind {
         EngineKind::Cuda if matches!(args.engine, EngineKind::Auto) && cuda_check().is_err() => {
-            tracing::info!("--engine auto: the CUDA backend cannot load this model; using the CPU engine");
+            tracing::info!(
+                "--engine auto: the CUDA backend cannot load this model; using the CPU engine"
+            );
             EngineKind::Cpu
         }
         EngineKind::Cuda => match cuda_check() {

@@ -17,10 +17,10 @@ fn helpers_and_errors() {
         json!({"role": "user", "content": "skip"}),
     ];
     let out = t.render(&msgs, true).expect("render");
-    // serde_json::Value sorts keys, hence content before role.
+    // Keys keep their order (serde_json `preserve_order`), as Python's `tojson` does.
     assert_eq!(
         out,
-        "<s>[hi <b>][yo]{\"content\": \"  hi <b>  \", \"role\": \"user\"}>"
+        "<s>[hi <b>][yo]{\"role\": \"user\", \"content\": \"  hi <b>  \"}>"
     );
     let e = t
         .render(&[json!({"role": "bad", "content": "x"})], false)
@@ -115,7 +115,7 @@ fn real_templates_render() {
         .render_with(&[json!({"role": "user", "content": "Hi"})], true, tools)
         .expect("render qwen3 tools");
     assert!(
-        out.contains("{\"function\": {\"name\": \"f\"}, \"type\": \"function\"}"),
+        out.contains("{\"type\": \"function\", \"function\": {\"name\": \"f\"}}"),
         "{out}"
     );
 }

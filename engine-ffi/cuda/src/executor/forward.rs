@@ -1,0 +1,207 @@
+//! The forward pass of one step: the launch sequence of embedding, per-layer kernels and
+//! GEMMs, final norm and lm_head.
+
+use super::{
+    ACT, ATTN, CudaExecutor, DELTA, FNORM, GU, LOGITS, META, PART_ACC, PART_ML, QKV, X, XN,
+};
+use crate::config::ATTN_SPLIT_LEN;
+use crate::device::KArg;
+use crate::error::Result;
+use crate::kernels::ATTN_THREADS;
+use crate::step::{self, StepMeta};
+use ferrite_engine::Batch;
+
+impl CudaExecutor {
+    /// Runs the forward pass; the logits of the sampled rows are left in the LOGITS buffer
+    /// (float32, `[sampled, vocab]`). Returns the step metadata.
+    pub(super) fn run(&mut self, batch: &Batch) -> Result<StepMeta> {
+        step::validate(&self.cfg, self.num_blocks, self.block_size, batch)?;
+        let m = step::build(batch, self.cfg.tile_tokens());
+        if m.tokens == 0 {
+            return Ok(m);
+        }
+        self.ensure_scratch(&m)?;
+        let b = |i: usize| self.scratch.bufs[i].ptr;
+        let meta = b(META);
+        self.gpu.upload(meta, &m.data)?;
+        let mi = |off: usize| meta + 4 * off as u64;
+        let (c, g) = (&self.cfg, &self.gpu);
+        let t = m.tokens as u32;
+        let (h, hd) = (c.hidden as i32, c.head_dim as i32);
+        let (heads, kvh) = (c.heads as i32, c.kv_heads as i32);
+        let eps = c.eps;
+        g.launch(
+            &g.k.embed,
+            (t, 1, 1),
+            256,
+            &[
+                KArg::U64(mi(m.tokens_off)),
+                KArg::U64(self.embed.ptr),
+                KArg::U64(b(X)),
+                KArg::I32(h),
+            ],
+        )?;
+        for (li, l) in self.layers.iter().enumerate() {
+            let delta = if li == 0 { 0 } else { b(DELTA) };
+            g.launch(
+                &g.k.add_rmsnorm,
+                (t, 1, 1),
+                1024,
+                &[
+                    KArg::U64(b(X)),
+                    KArg::U64(delta),
+                    KArg::U64(0),
+                    KArg::U64(l.attn_norm.ptr),
+                    KArg::U64(b(XN)),
+                    KArg::I32(h),
+                    KArg::F32(eps),
+                ],
+            )?;
+            g.gemm(
+                l.wqkv.ptr,
+                b(XN),
+                b(QKV),
+                m.tokens,
+                c.qkv_dim(),
+                c.hidden,
+                false,
+            )?;
+            g.launch(
+                &g.k.rope_cache,
+                (t, 1, 1),
+                256,
+                &[
+                    KArg::U64(b(QKV)),
+                    KArg::U64(self.inv_freq.ptr),
+                    KArg::U64(mi(m.pos_off)),
+                    KArg::U64(mi(m.slots_off)),
+                    KArg::U64(self.kc[li].ptr),
+                    KArg::U64(self.vc[li].ptr),
+                    KArg::I32(heads),
+                    KArg::I32(kvh),
+                    KArg::I32(hd),
+                    KArg::I32(0),
+                ],
+            )?;
+            g.launch(
+                &g.k.attn_partial,
+                (m.tiles as u32, c.kv_heads as u32, m.max_splits as u32),
+                ATTN_THREADS,
+                &[
+                    KArg::U64(b(QKV)),
+                    KArg::U64(self.kc[li].ptr),
+                    KArg::U64(self.vc[li].ptr),
+                    KArg::U64(mi(m.bt_off)),
+                    KArg::I32(m.bt_stride as i32),
+                    KArg::U64(mi(m.tok_seq_off)),
+                    KArg::U64(mi(m.pos_off)),
+                    KArg::U64(mi(m.part_off_off)),
+                    KArg::U64(mi(m.tiles_off)),
+                    KArg::U64(b(PART_ACC)),
+                    KArg::U64(b(PART_ML)),
+                    KArg::I32(heads),
+                    KArg::I32(kvh),
+                    KArg::I32(hd),
+                    KArg::I32(self.block_size as i32),
+                    KArg::F32(c.attn_scale()),
+                    KArg::I32(ATTN_SPLIT_LEN as i32),
+                ],
+            )?;
+            g.launch(
+                &g.k.attn_combine,
+                (t, c.heads as u32, 1),
+                128,
+                &[
+                    KArg::U64(b(PART_ACC)),
+                    KArg::U64(b(PART_ML)),
+                    KArg::U64(mi(m.pos_off)),
+                    KArg::U64(mi(m.part_off_off)),
+                    KArg::U64(b(ATTN)),
+                    KArg::I32(heads),
+                    KArg::I32(hd),
+                    KArg::I32(ATTN_SPLIT_LEN as i32),
+                ],
+            )?;
+            g.gemm(
+                l.wo.ptr,
+                b(ATTN),
+                b(DELTA),
+                m.tokens,
+                c.hidden,
+                c.q_dim(),
+                false,
+            )?;
+            g.launch(
+                &g.k.add_rmsnorm,
+                (t, 1, 1),
+                1024,
+                &[
+                    KArg::U64(b(X)),
+                    KArg::U64(b(DELTA)),
+                    KArg::U64(0),
+                    KArg::U64(l.ffn_norm.ptr),
+                    KArg::U64(b(XN)),
+                    KArg::I32(h),
+                    KArg::F32(eps),
+                ],
+            )?;
+            g.gemm(
+                l.w_gate_up.ptr,
+                b(XN),
+                b(GU),
+                m.tokens,
+                2 * c.intermediate,
+                c.hidden,
+                false,
+            )?;
+            let n = m.tokens * c.intermediate;
+            g.launch(
+                &g.k.swiglu,
+                (n.div_ceil(256).min(65_535 * 8) as u32, 1, 1),
+                256,
+                &[
+                    KArg::U64(b(GU)),
+                    KArg::U64(b(ACT)),
+                    KArg::I32(t as i32),
+                    KArg::I32(c.intermediate as i32),
+                ],
+            )?;
+            g.gemm(
+                l.w_down.ptr,
+                b(ACT),
+                b(DELTA),
+                m.tokens,
+                c.hidden,
+                c.intermediate,
+                false,
+            )?;
+        }
+        if m.sampled > 0 {
+            g.launch(
+                &g.k.add_rmsnorm,
+                (m.sampled as u32, 1, 1),
+                1024,
+                &[
+                    KArg::U64(b(X)),
+                    KArg::U64(b(DELTA)),
+                    KArg::U64(mi(m.rows_off)),
+                    KArg::U64(self.norm.ptr),
+                    KArg::U64(b(FNORM)),
+                    KArg::I32(h),
+                    KArg::F32(eps),
+                ],
+            )?;
+            let head = self.lm_head.as_ref().unwrap_or(&self.embed).ptr;
+            g.gemm(
+                head,
+                b(FNORM),
+                b(LOGITS),
+                m.sampled,
+                c.vocab,
+                c.hidden,
+                true,
+            )?;
+        }
+        Ok(m)
+    }
+}
