@@ -120,6 +120,23 @@ impl Drop for Proc {
     }
 }
 
+/// Starts `ferrite serve --port 0 ARGS` (embedded mode) and returns it with its base URL.
+pub fn serve(args: &[&str], timeout: Duration) -> anyhow::Result<(Proc, String)> {
+    let mut all = vec!["serve", "--port", "0"];
+    all.extend_from_slice(args);
+    let (p, line) = Proc::start("serve", &all, "serving on", timeout)?;
+    Ok((p, url_in(&line)?))
+}
+
+/// The SmolLM2-135M-Instruct GGUF from the shared test models.
+pub fn smollm2_gguf() -> anyhow::Result<String> {
+    let p = models_dir()?.join("smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
+    if !p.is_file() {
+        bail!("missing test model {}", p.display());
+    }
+    Ok(p.to_string_lossy().into_owned())
+}
+
 /// The URL in a line like `ferrite serving on http://127.0.0.1:PORT ...`.
 pub fn url_in(line: &str) -> anyhow::Result<String> {
     line.split_whitespace()

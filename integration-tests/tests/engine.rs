@@ -2,7 +2,7 @@
 //! runs the bundled stories260k on the CPU, and a GGUF model loads with `--model`.
 //! Greedy tokens through the API must equal the transformers references.
 
-use ferrite_integration_tests::{Proc, models_dir, url_in};
+use ferrite_integration_tests::{Proc, models_dir, serve, smollm2_gguf, url_in};
 use serde_json::{Value, json};
 use std::time::Duration;
 
@@ -46,13 +46,7 @@ fn ids(v: &Value) -> Vec<u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_default_runs_the_cpu_engine_and_matches_the_reference() -> anyhow::Result<()> {
-    let (_p, line) = Proc::start(
-        "serve",
-        &["serve", "--port", "0"],
-        "serving on",
-        Duration::from_secs(60),
-    )?;
-    let url = url_in(&line)?;
+    let (_p, url) = serve(&[], Duration::from_secs(60))?;
     let c = reqwest::Client::new();
     let cases = reference("stories260k")?;
     assert!(!cases.is_empty());
@@ -87,8 +81,7 @@ async fn serve_default_runs_the_cpu_engine_and_matches_the_reference() -> anyhow
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gguf_model_serves_through_the_cpu_engine() -> anyhow::Result<()> {
-    let gguf = models_dir()?.join("smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
-    let gguf_s = gguf.to_string_lossy().to_string();
+    let gguf_s = smollm2_gguf()?;
     let (_p, line) = Proc::start(
         "serve-gguf",
         &[

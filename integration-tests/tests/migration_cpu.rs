@@ -2,7 +2,7 @@
 //! mid-stream; the migrated output is token-for-token the uninterrupted run's.
 
 use ferrite_integration_tests::cluster::{Cluster, ClusterSpec, token_ids};
-use ferrite_integration_tests::models_dir;
+use ferrite_integration_tests::smollm2_gguf;
 use ferrite_integration_tests::sse::SseStream;
 use serde_json::{Value, json};
 
@@ -10,14 +10,13 @@ const N: u32 = 120;
 
 /// Two CPU-engine workers serving SmolLM2-135M as `smollm2`.
 async fn smollm2_cluster() -> anyhow::Result<Cluster> {
-    let model = models_dir()?.join("smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
-    anyhow::ensure!(model.is_file(), "missing test model {}", model.display());
+    let model = smollm2_gguf()?;
     let mut spec = ClusterSpec::mocker(2, "1");
     spec.worker_args = vec![
         "--engine".into(),
         "cpu".into(),
         "--model".into(),
-        model.to_string_lossy().into_owned(),
+        model,
         "--served-model-name".into(),
         "smollm2".into(),
     ];

@@ -5,7 +5,7 @@
 //! (needs python3 with venv and pip, and the package index).
 
 use ferrite_integration_tests::sse::SseStream;
-use ferrite_integration_tests::{Proc, models_dir, url_in};
+use ferrite_integration_tests::{Proc, serve, smollm2_gguf};
 use serde_json::{Value, json};
 use std::path::PathBuf;
 use std::process::Command;
@@ -14,27 +14,18 @@ use std::time::Duration;
 const MODEL: &str = "smollm2-135m-instruct";
 
 fn smollm2() -> anyhow::Result<(Proc, String)> {
-    let gguf = models_dir()?
-        .join(MODEL)
-        .join("SmolLM2-135M-Instruct.Q4_1.gguf");
-    let gguf = gguf.to_string_lossy().into_owned();
-    let (p, line) = Proc::start(
-        "serve",
+    let gguf = smollm2_gguf()?;
+    serve(
         &[
-            "serve",
             "--model",
             &gguf,
             "--served-model-name",
             MODEL,
             "--engine",
             "cpu",
-            "--port",
-            "0",
         ],
-        "serving on",
         Duration::from_secs(120),
-    )?;
-    Ok((p, url_in(&line)?))
+    )
 }
 
 async fn post(c: &reqwest::Client, url: &str, body: &Value) -> anyhow::Result<(u16, Value)> {
@@ -458,21 +449,10 @@ async fn structured_output_and_forced_tool_calls() -> anyhow::Result<()> {
 /// The mocker generates no real text: structured output and forced tool calls are refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mocker_refuses_structured_output() -> anyhow::Result<()> {
-    let (_p, line) = Proc::start(
-        "serve",
-        &[
-            "serve",
-            "--engine",
-            "mocker",
-            "--speedup",
-            "100",
-            "--port",
-            "0",
-        ],
-        "serving on",
+    let (_p, url) = serve(
+        &["--engine", "mocker", "--speedup", "100"],
         Duration::from_secs(30),
     )?;
-    let url = url_in(&line)?;
     let c = reqwest::Client::new();
     let chat = format!("{url}/v1/chat/completions");
     let base = json!({"model": "stories260k", "messages": [{"role": "user", "content": "Hi"}]});

@@ -2,7 +2,7 @@
 //! answers to good and bad requests.
 
 use ferrite_integration_tests::sse::SseStream;
-use ferrite_integration_tests::{Proc, metric, url_in};
+use ferrite_integration_tests::{metric, serve};
 use serde_json::{Value, json};
 use std::time::Duration;
 
@@ -19,21 +19,10 @@ async fn post(c: &reqwest::Client, url: &str, body: &str) -> anyhow::Result<(u16
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_serve_answers_openai_requests_and_errors() -> anyhow::Result<()> {
-    let (_p, line) = Proc::start(
-        "serve",
-        &[
-            "serve",
-            "--engine",
-            "mocker",
-            "--speedup",
-            "100",
-            "--port",
-            "0",
-        ],
-        "serving on",
+    let (_p, url) = serve(
+        &["--engine", "mocker", "--speedup", "100"],
         Duration::from_secs(30),
     )?;
-    let url = url_in(&line)?;
     let c = reqwest::Client::new();
     let chat = format!("{url}/v1/chat/completions");
     let comp = format!("{url}/v1/completions");

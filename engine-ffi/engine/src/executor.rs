@@ -53,19 +53,8 @@ pub trait Executor: Send + 'static {
     }
 }
 
-/// The byte layout of one KV block; two engines can exchange blocks only when their
-/// layouts are equal.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct KvBlockLayout {
-    pub num_layers: u32,
-    pub num_kv_heads: u32,
-    pub head_dim: u32,
-    pub block_size: u32,
-    /// Element type of the cache: "f32", "bf16", "f16".
-    pub dtype: String,
-    /// Bytes of one block, all layers, K and V.
-    pub bytes_per_block: usize,
-}
+/// The byte layout of one KV block (the wire type both ends of a KV transfer compare).
+pub type KvBlockLayout = ferrite_protocol::KvLayout;
 
 /// Makes a fresh executor for one attention data-parallel rank: at start, and again by the
 /// engine supervisor after a crash. Shared by every rank and restart, so it must be
