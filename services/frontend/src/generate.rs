@@ -88,6 +88,9 @@ pub async fn run_canceller(
 pub struct ChoiceRoute {
     /// Route the first attempt to this instance only.
     pub pinned: Option<InstanceId>,
+    /// The pin is a preference (a sibling choice's instance), not the client's order:
+    /// when it cannot be honoured, route anywhere.
+    pub soft_pin: bool,
     /// Told the serving instance once the first output arrived (its prompt is cached there).
     pub first_output: Option<tokio::sync::watch::Sender<Option<InstanceId>>>,
 }
@@ -99,7 +102,17 @@ impl ChoiceRoute {
     ) -> Self {
         Self {
             pinned,
+            soft_pin: false,
             first_output,
+        }
+    }
+
+    /// Prefer `instance` (where a sibling choice's prompt is cached) but fall back to any.
+    pub fn prefer(instance: Option<InstanceId>, pinned: Option<InstanceId>) -> Self {
+        Self {
+            pinned: instance.or(pinned),
+            soft_pin: instance.is_some() && pinned.is_none(),
+            first_output: None,
         }
     }
 }
@@ -120,7 +133,7 @@ pub fn run_choice(
     route: ChoiceRoute,
 ) -> impl Stream<Item = ChoiceItem> {
     stream! {
-        let ChoiceRoute { pinned, mut first_output } = route;
+        let ChoiceRoute { pinned, soft_pin, mut first_output } = route;
         let mut guard = guard;
         let mut exclude: Vec<InstanceId> = Vec::new();
         let mut migrations = 0u32;
@@ -129,7 +142,11 @@ pub fn run_choice(
         loop {
             // A pin holds for the first attempt only: migration goes anywhere.
             let pin = if migrations == 0 && exclude.is_empty() { pinned } else { None };
-            let routed = state.route(&req, &exclude, pin).await;
+            let mut routed = state.route(&req, &exclude, pin).await;
+            if routed.is_err() && pin.is_some() && soft_pin {
+                // A sibling's instance is busy or gone: any instance will do.
+                routed = state.route(&req, &exclude, None).await;
+            }
             let (instance, rank, record) = match routed {
                 Ok(r) => r,
                 Err(e) => match unreachable.take() {

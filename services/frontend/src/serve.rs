@@ -123,7 +123,7 @@ fn launch(
                 stream! {
                     // The leader's instance, or none if it failed before its first output.
                     let leader = rx.wait_for(Option::is_some).await.ok().and_then(|v| *v);
-                    let route = ChoiceRoute::new(leader.or(pinned), None);
+                    let route = ChoiceRoute::prefer(leader, pinned);
                     let inner = run_choice(state, req, guard, token, route);
                     futures::pin_mut!(inner);
                     while let Some(item) = inner.next().await {
