@@ -220,10 +220,7 @@ async fn refuse(responder: StreamResponder, info: ErrorInfo) {
 
 impl StreamHandler<IncomingRequest> for WorkerActor {
     fn handle(&mut self, inc: IncomingRequest, ctx: &mut Context<Self>) {
-        let IncomingRequest {
-            body,
-            mut responder,
-        } = inc;
+        let IncomingRequest { body, responder } = inc;
         if let Some(d) = self.disagg.clone()
             && d.role == ferrite_protocol::WorkerRole::Prefill
         {
@@ -283,7 +280,7 @@ impl StreamHandler<IncomingRequest> for WorkerActor {
         let fut = async move {
             let id = req.request_id;
             metrics::counter!(metric::WORKER_REQUESTS_TOTAL).increment(1);
-            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
             match sched.send(Enqueue { req, tx }).await {
                 Ok(Ok(())) => {}
                 Ok(Err(info)) => return refuse(responder, info).await,
@@ -293,26 +290,7 @@ impl StreamHandler<IncomingRequest> for WorkerActor {
                     return refuse(responder, info).await;
                 }
             }
-            while let Some(item) = rx.recv().await {
-                match item {
-                    Ok(out) => {
-                        let finished = out.finish_reason.is_some();
-                        metrics::counter!(metric::WORKER_GENERATED_TOKENS_TOTAL)
-                            .increment(out.token_ids.len() as u64);
-                        if responder.send(&out).await.is_err() {
-                            sched.do_send(Cancel { request_id: id });
-                            return;
-                        }
-                        if finished {
-                            let _ = responder.end().await;
-                            return;
-                        }
-                    }
-                    Err(info) => return refuse(responder, info).await,
-                }
-            }
-            // The scheduler dropped the sequence without finishing it (cancelled, or the
-            // worker is going away): stay silent, so a client still listening migrates.
+            crate::decode::relay(id, rx, sched, responder).await;
         };
         ctx.spawn(fut.instrument(span).into_actor(self));
     }

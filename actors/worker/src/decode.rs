@@ -218,8 +218,9 @@ async fn finish_with(
     }
 }
 
-/// Streams a request's chunks to its client (as the aggregated worker does).
-async fn relay(
+/// Streams a request's chunks to its client (aggregated and decode workers alike); a
+/// sequence dropped without finishing leaves the stream silent, so the client migrates.
+pub(crate) async fn relay(
     id: RequestId,
     mut rx: OutputReceiver,
     sched: Addr<SchedulerActor>,
