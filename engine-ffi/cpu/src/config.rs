@@ -27,14 +27,7 @@ pub enum RopeStyle {
     Interleaved,
 }
 
-/// Llama-3 frequency-dependent rope scaling.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Llama3Scaling {
-    pub factor: f64,
-    pub low_freq_factor: f64,
-    pub high_freq_factor: f64,
-    pub original_max_position: f64,
-}
+pub use ferrite_model::rope::Llama3Scaling;
 
 /// Hyper-parameters of a llama-family decoder.
 #[derive(Clone, Debug, PartialEq)]
@@ -86,12 +79,7 @@ impl ModelConfig {
             vocab: m.vocab_size,
             eps: m.rms_norm_eps,
             rope_theta: f64::from(m.rope_theta),
-            rope_scaling: m.rope_scaling.map(|s| Llama3Scaling {
-                factor: f64::from(s.factor),
-                low_freq_factor: f64::from(s.low_freq_factor),
-                high_freq_factor: f64::from(s.high_freq_factor),
-                original_max_position: s.original_max_position_embeddings as f64,
-            }),
+            rope_scaling: m.rope_scaling.map(Llama3Scaling::from),
             rope_style,
             max_context: m.max_position_embeddings,
             tie_embeddings: m.tie_word_embeddings,
@@ -121,29 +109,6 @@ impl ModelConfig {
 
     /// Inverse rotary frequencies, one per pair of head dimensions.
     pub fn inv_freq(&self) -> Vec<f32> {
-        let half = self.head_dim / 2;
-        (0..half)
-            .map(|i| {
-                let f = 1.0 / self.rope_theta.powf((2 * i) as f64 / self.head_dim as f64);
-                let f = match self.rope_scaling {
-                    None => f,
-                    Some(s) => {
-                        let low_wl = s.original_max_position / s.low_freq_factor;
-                        let high_wl = s.original_max_position / s.high_freq_factor;
-                        let wl = 2.0 * std::f64::consts::PI / f;
-                        if wl < high_wl {
-                            f
-                        } else if wl > low_wl {
-                            f / s.factor
-                        } else {
-                            let smooth = (s.original_max_position / wl - s.low_freq_factor)
-                                / (s.high_freq_factor - s.low_freq_factor);
-                            (1.0 - smooth) * f / s.factor + smooth * f
-                        }
-                    }
-                };
-                f as f32
-            })
-            .collect()
+        ferrite_model::rope::inv_freq(self.head_dim, self.rope_theta, self.rope_scaling)
     }
 }

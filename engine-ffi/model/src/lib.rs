@@ -10,6 +10,7 @@ pub mod generation_config;
 pub mod gguf;
 mod gguf_tokenizer;
 pub mod progress;
+pub mod rope;
 pub mod tokenizer;
 
 pub use card::{ModelCard, ModelFormat};
