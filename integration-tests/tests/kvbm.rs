@@ -122,7 +122,7 @@ fn tiers(host_blocks: u64, disk_blocks: u64, bpb: usize, dir: &std::path::Path) 
     OffloadStore::new(TierConfig {
         bytes_per_block: bpb,
         host_bytes: host_blocks * bpb as u64,
-        disk_bytes: disk_blocks * (bpb as u64 + 32),
+        disk_bytes: disk_blocks * ferrite_kv::tiers::disk_slot_bytes(bpb) as u64,
         disk_dir: Some(dir.to_path_buf()),
         min_hits_for_disk: 0,
     })

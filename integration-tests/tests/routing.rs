@@ -38,10 +38,23 @@ fn counter(m: &str, name: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kv_router_sends_shared_prefixes_to_the_worker_that_caches_them() -> anyhow::Result<()> {
     let c = Cluster::start(kv_spec(3)).await?;
+    let indexed = || async {
+        let m = c.frontend_metrics().await.ok()?;
+        Some(counter(&m, "ferrite_router_indexed_blocks"))
+    };
     for g in 0..6 {
+        let before = indexed().await.unwrap_or(0.0);
         complete(&c, &grouped_prompt(g, 0)).await?;
-        // Let the worker's KV events (every 200 ms) reach the router.
-        tokio::time::sleep(Duration::from_millis(400)).await;
+        // Wait for the worker's KV events (published every 200 ms) to reach the router:
+        // the prompt's 17 blocks show in the router's index.
+        let seen = eventually(Duration::from_secs(10), || async {
+            indexed().await.filter(|n| *n >= before + 16.0)
+        })
+        .await;
+        assert!(
+            seen.is_some(),
+            "group {g}: the router never indexed the prompt's blocks"
+        );
         for k in 1..4 {
             complete(&c, &grouped_prompt(g, k)).await?;
         }

@@ -20,8 +20,7 @@ pub struct SchedulerConfig {
     pub max_model_len: usize,
     /// Waiting requests beyond this are refused with `Overloaded`.
     pub waiting_queue_limit: usize,
-    /// KV offload tiers (G2 host, G3 disk); `None`: the engine's pool only. Defaults to
-    /// what [`crate::offload::set_default_kv_tiers`] set (the CLI flags).
+    /// KV offload tiers (G2 host, G3 disk); `None` (the default): the engine's pool only.
     pub kv_tiers: Option<crate::offload::KvTierOptions>,
 }
 
@@ -40,7 +39,7 @@ impl SchedulerConfig {
             max_prefill_chunk: Self::DEFAULT_MAX_BATCHED_TOKENS,
             max_model_len,
             waiting_queue_limit: Self::DEFAULT_WAITING_QUEUE_LIMIT,
-            kv_tiers: crate::offload::default_kv_tiers(),
+            kv_tiers: None,
         }
     }
 

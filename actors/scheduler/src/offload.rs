@@ -20,7 +20,6 @@ use ferrite_kv::{BlockPool, BlockSource, Evicted, OffloadStore, TierConfig};
 use ferrite_protocol::{BlockHash, BlockId, KvEvent, KvEventData, RequestId, StorageTier};
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Mutex;
 use std::time::Instant;
 
 /// Offload tier sizes of a scheduler; the block size in bytes comes from the engine.
@@ -55,21 +54,6 @@ impl KvTierOptions {
             min_hits_for_disk: self.min_hits_for_disk,
         }
     }
-}
-
-static DEFAULT_TIERS: Mutex<Option<KvTierOptions>> = Mutex::new(None);
-
-/// Sets the tier options every [`crate::SchedulerConfig`] made afterwards starts with (the
-/// CLI's `--kv-host-cache-gb`/`--kv-disk-cache-gb`, for schedulers built by code that does
-/// not set `SchedulerConfig::kv_tiers` itself).
-pub fn set_default_kv_tiers(opts: Option<KvTierOptions>) {
-    if let Ok(mut d) = DEFAULT_TIERS.lock() {
-        *d = opts.filter(KvTierOptions::is_enabled);
-    }
-}
-
-pub(crate) fn default_kv_tiers() -> Option<KvTierOptions> {
-    DEFAULT_TIERS.lock().ok().and_then(|d| d.clone())
 }
 
 /// Builds the scheduler's store when its config asks for tiers and the engine's cache can

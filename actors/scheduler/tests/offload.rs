@@ -219,7 +219,7 @@ async fn g2_and_g3_onboarding_through_the_actors_is_exact() {
 
     let dir = std::env::temp_dir().join(format!("ferrite-kvbm-test-{}", std::process::id()));
     let disk = KvTierOptions {
-        disk_bytes: 64 * (bpb + 32),
+        disk_bytes: 64 * ferrite_kv::tiers::disk_slot_bytes(bpb as usize) as u64,
         disk_dir: Some(dir.clone()),
         ..Default::default()
     };

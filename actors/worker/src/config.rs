@@ -30,6 +30,8 @@ pub struct WorkerConfig {
     pub restart_policy: RestartPolicy,
     /// Prefill/decode settings (used when `role` is not `Agg`).
     pub disagg: crate::disagg::DisaggConfig,
+    /// KV offload tiers (G2 host, G3 disk) of every rank's scheduler; `None`: off.
+    pub kv_tiers: Option<ferrite_scheduler::offload::KvTierOptions>,
 }
 
 impl WorkerConfig {
@@ -49,6 +51,7 @@ impl WorkerConfig {
             dp_size: 1,
             restart_policy: RestartPolicy::default(),
             disagg: crate::disagg::DisaggConfig::default(),
+            kv_tiers: None,
         }
     }
 }

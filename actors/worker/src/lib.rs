@@ -110,6 +110,7 @@ pub async fn start_worker_with_factory(
             max_batched_tokens: cfg.max_batched_tokens,
             max_prefill_chunk: cfg.max_batched_tokens,
             waiting_queue_limit: cfg.max_waiting,
+            kv_tiers: cfg.kv_tiers.clone(),
             ..SchedulerConfig::from_executor(&info)
         };
         let scheduler =

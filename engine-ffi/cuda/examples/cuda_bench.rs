@@ -5,7 +5,9 @@
 //! Usage: cuda_bench TOKENIZER_JSON [decode] [prefill] [serve:ISL:OSL:N]...
 //!   invariant:0|1     batch-invariant fixed-row GEMMs off/on (default on)
 //!   gemv:N            use the gemv_small kernel for steps of <= N tokens (0: cuBLAS)
-//!   decode            batch-1 (invariant GEMMs, plain cuBLAS, gemv_small): 128-token prompt, 256 decode steps; inter-token latency
+//!   graphs:0|1        CUDA graphs for decode steps off/on (default on)
+//!   step:N            a 128-token prefill and N decode steps with the current settings (for ncu)
+//!   decode            batch-1, invariant GEMMs on/off x CUDA graphs on/off: 128-token prompt, 256 decode steps; inter-token latency
 //!   prefill           one 4096-token prompt (and 1024) in one step; tokens/s
 //!   serve:1024:256:512  N requests through ferrite-scheduler's `Scheduler` (continuous
 //!                     batching, chunked prefill); output and total tokens/s
@@ -80,6 +82,22 @@ fn decode(ex: &mut CudaExecutor, tok: &ferrite_model::Tokenizer, cfg: &CudaConfi
         bytes / (med * 1e-3) / 1e12,
         100.0 * bytes / (med * 1e-3) / 3.35e12
     );
+    Ok(())
+}
+
+fn steps(ex: &mut CudaExecutor, tok: &ferrite_model::Tokenizer, n: u32) -> Result<()> {
+    let prompt = prompt_ids(tok, 128, 0)?;
+    let blocks: Vec<BlockId> = (0..24).map(BlockId).collect();
+    let mut out = ex.forward(&Batch {
+        seqs: vec![seq(&prompt, 0, &blocks)],
+    })?;
+    for pos in prompt.len() as u32..prompt.len() as u32 + n {
+        let t = out.outputs[0].token;
+        out = ex.forward(&Batch {
+            seqs: vec![seq(&[t], pos, &blocks)],
+        })?;
+    }
+    ex.synchronize()?;
     Ok(())
 }
 
@@ -165,12 +183,20 @@ fn serve(
     Ok(())
 }
 
-fn label(invariant: bool, gemv: usize) -> &'static str {
-    match (invariant, gemv) {
-        (true, _) => "cuBLAS fixed 64-row calls (batch-invariant)",
-        (false, 0) => "cuBLAS any size",
-        _ => "gemv_small for <= 8 rows",
-    }
+fn label(invariant: bool, graphs: bool) -> String {
+    format!(
+        "{}, {}",
+        if invariant {
+            "cuBLAS fixed 64-row calls (batch-invariant)"
+        } else {
+            "cuBLAS any size"
+        },
+        if graphs {
+            "CUDA graphs"
+        } else {
+            "eager launches"
+        }
+    )
 }
 
 fn main() -> Result<()> {
@@ -204,17 +230,19 @@ fn main() -> Result<()> {
         let t = Instant::now();
         match w.split(':').collect::<Vec<_>>().as_slice() {
             ["decode"] => {
-                for (inv, rows) in [(true, 0), (false, 0), (false, 8)] {
+                for (inv, graphs) in [(true, true), (true, false), (false, true), (false, false)] {
                     ex.set_batch_invariant(inv);
-                    ex.set_gemv_max_rows(rows);
-                    print!("[{}] ", label(inv, rows));
+                    ex.set_cuda_graphs(graphs);
+                    print!("[{}] ", label(inv, graphs));
                     decode(&mut ex, &tok, &cfg)?;
                 }
                 ex.set_batch_invariant(true);
-                ex.set_gemv_max_rows(0);
+                ex.set_cuda_graphs(true);
             }
             ["invariant", on] => ex.set_batch_invariant(*on == "1"),
             ["gemv", r] => ex.set_gemv_max_rows(r.parse()?),
+            ["graphs", on] => ex.set_cuda_graphs(*on == "1"),
+            ["step", n] => steps(&mut ex, &tok, n.parse()?)?,
             ["prefill"] => prefill(&mut ex, &tok, &cfg)?,
             ["serve", i, o, n] => serve(&mut ex, &tok, i.parse()?, o.parse()?, n.parse()?)?,
             _ => anyhow::bail!("unknown section {w}"),

@@ -6,8 +6,8 @@ use crate::error::{CudaError, Result};
 use crate::kernels::Kernels;
 use cudarc::cublas::{CudaBlas, result as blas, sys as bsys};
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg,
-    result as dres,
+    CudaContext, CudaFunction, CudaGraph, CudaSlice, CudaStream, DevicePtr, LaunchConfig,
+    PushKernelArg, result as dres, sys as dsys,
 };
 use std::sync::Arc;
 
@@ -55,6 +55,8 @@ pub struct Gpu {
     pub ctx: Arc<CudaContext>,
     pub stream: Arc<CudaStream>,
     blas: CudaBlas,
+    /// cuBLAS's workspace, set explicitly so that GEMMs can be captured into CUDA graphs.
+    _blas_workspace: CudaSlice<u8>,
     pub k: Kernels,
     pub dtype: Dtype,
     /// GEMMs with at most this many activation rows use the `gemv_small` kernel (weights
@@ -78,13 +80,31 @@ impl Gpu {
         // SAFETY: one stream does all the work, so cudarc's per-buffer event tracking is
         // not needed; raw pointers are ordered by that stream.
         unsafe { ctx.disable_event_tracking() };
-        let stream = ctx.default_stream();
+        // Our own stream (not the legacy default stream, which cannot be captured).
+        let stream = ctx.new_stream()?;
         let blas = CudaBlas::new(stream.clone())?;
+        let ws = stream.alloc_zeros::<u8>(BLAS_WORKSPACE)?;
+        {
+            let (ptr, _sync) = ws.device_ptr(&stream);
+            // SAFETY: the workspace is a live allocation of BLAS_WORKSPACE bytes owned by
+            // `Gpu` next to the handle, so it outlives every GEMM of the handle.
+            let st = unsafe {
+                bsys::cublasSetWorkspace_v2(
+                    *blas.handle(),
+                    ptr as *mut std::ffi::c_void,
+                    BLAS_WORKSPACE,
+                )
+            };
+            if st != bsys::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
+                return Err(CudaError::Blas(format!("cublasSetWorkspace: {st:?}")));
+            }
+        }
         let k = Kernels::load(&ctx, dtype)?;
         Ok(Gpu {
             ctx,
             stream,
             blas,
+            _blas_workspace: ws,
             k,
             dtype,
             gemv_max_rows: 0,
@@ -140,9 +160,36 @@ impl Gpu {
         Ok(out)
     }
 
+    /// Queues a copy of `out.len()` bytes from device address `src` into `out` (pageable
+    /// memory: the driver finishes it before returning).
+    pub fn download_into(&self, src: u64, out: &mut [u8]) -> Result<()> {
+        if out.is_empty() {
+            return Ok(());
+        }
+        self.ctx.bind_to_thread()?;
+        // SAFETY: `src` addresses at least `out.len()` bytes of a live allocation (callers
+        // check block ids against the cache size).
+        unsafe { dres::memcpy_dtoh_async(out, src, self.stream.cu_stream()) }?;
+        Ok(())
+    }
+
     pub fn sync(&self) -> Result<()> {
         self.stream.synchronize()?;
         Ok(())
+    }
+
+    /// Records the device work `f` queues on the stream (kernels and GEMMs only: no
+    /// allocation, copy or synchronisation) into a CUDA graph instead of running it.
+    pub fn capture(&self, f: impl FnOnce() -> Result<()>) -> Result<Graph> {
+        self.stream
+            .begin_capture(dsys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)?;
+        let queued = f();
+        // End the capture whatever happened, so the stream is usable again.
+        let graph = self.stream.end_capture(dsys::CUgraphInstantiate_flags(0));
+        queued?;
+        let g =
+            graph?.ok_or_else(|| CudaError::Driver("stream capture recorded no graph".into()))?;
+        Ok(Graph(g))
     }
 
     fn elem_type(&self) -> bsys::cudaDataType {
@@ -296,6 +343,26 @@ impl Gpu {
         )
     }
 }
+
+/// A captured CUDA graph, owned by one executor.
+pub struct Graph(CudaGraph);
+
+// SAFETY: CUDA graph handles may be used from any thread as long as calls on one graph are
+// serialised (CUDA's graph thread-safety rules). A `Graph` is owned by one executor, which
+// is moved between threads (`Send`) but never shared (`Graph` is not `Sync`), so every call
+// on it comes from the one thread that holds the executor at the time.
+unsafe impl Send for Graph {}
+
+impl Graph {
+    /// Replays the graph on the stream it was captured on.
+    pub fn launch(&self) -> Result<()> {
+        self.0.launch()?;
+        Ok(())
+    }
+}
+
+/// Bytes of the cuBLAS workspace.
+const BLAS_WORKSPACE: usize = 32 << 20;
 
 /// One kernel argument.
 #[derive(Clone, Copy, Debug)]

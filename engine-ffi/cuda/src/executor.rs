@@ -12,6 +12,7 @@ use ferrite_engine::{
 use std::path::Path;
 
 mod forward;
+mod kv_copy;
 
 /// Share of the card's memory not given to the KV cache when it is sized automatically.
 pub const KV_RESERVE_FRACTION: f64 = 0.1;
@@ -37,7 +38,14 @@ pub struct CudaOptions {
     /// last padded), so a sequence's results do not depend on what it is batched with.
     /// Costs prefill speed (weights are re-read per 64 rows); see docs/benchmarks/cuda.md.
     pub batch_invariant: bool,
+    /// Decode steps of at most [`GRAPH_MAX_ROWS`] sequences replay CUDA graphs captured per
+    /// shape (rows and attention splits rounded up to powers of two) instead of launching
+    /// every kernel. Same results as eager launches.
+    pub cuda_graphs: bool,
 }
+
+/// Largest decode batch replayed as a CUDA graph.
+pub const GRAPH_MAX_ROWS: usize = 256;
 
 /// Activation rows per cuBLAS call when [`CudaOptions::batch_invariant`] is on.
 pub const INVARIANT_ROWS: usize = 64;
@@ -51,6 +59,7 @@ impl Default for CudaOptions {
             dtype: None,
             gemv_max_rows: 0,
             batch_invariant: true,
+            cuda_graphs: true,
         }
     }
 }
@@ -100,9 +109,15 @@ pub struct CudaExecutor {
     kc: Vec<DevBuf>,
     vc: Vec<DevBuf>,
     inv_freq: DevBuf,
+    /// Blocks the scheduler may use; one more is allocated: the dump block that padding
+    /// rows of graph-replayed steps write.
     num_blocks: u32,
     block_size: u32,
     scratch: Scratch,
+    /// Captured decode steps by shape; cleared when the scratch buffers move.
+    graphs: std::collections::HashMap<crate::step::GraphKey, crate::device::Graph>,
+    /// 0: no graphs.
+    graph_max_rows: usize,
 }
 
 impl std::fmt::Debug for CudaExecutor {
@@ -244,13 +259,14 @@ impl CudaExecutor {
             let weights = cfg.vocab * h * e + head;
             let avail = free.saturating_sub(weights + reserve);
             let per = cfg.kv_block_bytes(block_size as usize, dtype).max(1);
-            (avail / per).clamp(16, u32::MAX as usize) as u32
+            (avail / per).clamp(17, u32::MAX as usize) as u32 - 1
         };
         let opts = CudaOptions {
             num_kv_blocks,
             ..opts
         };
-        let slots = opts.num_kv_blocks as usize * block_size as usize;
+        // + 1: the dump block.
+        let slots = (opts.num_kv_blocks as usize + 1) * block_size as usize;
         let mut kc = Vec::with_capacity(cfg.layers);
         let mut vc = Vec::with_capacity(cfg.layers);
         for _ in 0..cfg.layers {
@@ -282,9 +298,22 @@ impl CudaExecutor {
             num_blocks: opts.num_kv_blocks,
             block_size,
             scratch: Scratch::default(),
+            graphs: Default::default(),
+            graph_max_rows: if opts.cuda_graphs { GRAPH_MAX_ROWS } else { 0 },
             cfg,
             gpu,
         })
+    }
+
+    /// The reserved block padding rows write (never given to the scheduler).
+    pub(crate) fn dump_block(&self) -> u32 {
+        self.num_blocks
+    }
+
+    /// Changes [`CudaOptions::cuda_graphs`] of a built executor.
+    pub fn set_cuda_graphs(&mut self, on: bool) {
+        self.graph_max_rows = if on { GRAPH_MAX_ROWS } else { 0 };
+        self.graphs.clear();
     }
 
     /// Changes [`CudaOptions::batch_invariant`] of a built executor.
@@ -351,6 +380,8 @@ impl CudaExecutor {
         let meta = m.data.len().max(s.cap_meta).next_power_of_two();
         let c = &self.cfg;
         let e = self.gpu.dtype.bytes();
+        // Captured graphs hold the old buffers' addresses.
+        self.graphs.clear();
         self.scratch.bufs.clear();
         let sizes = [
             t * c.hidden * 4,
@@ -381,9 +412,10 @@ impl CudaExecutor {
     /// Runs the batch and returns the raw float32 logits of every sequence with `sample`
     /// set, in batch order (K/V of all tokens are written to the cache).
     pub fn forward_logits(&mut self, batch: &Batch) -> Result<Vec<Vec<f32>>> {
-        let m = self.run(batch)?;
+        self.run(batch)?;
         let v = self.cfg.vocab;
-        let all: Vec<f32> = self.gpu.download(self.scratch_ptr(LOGITS), m.sampled * v)?;
+        let real = batch.seqs.iter().filter(|s| s.sample).count();
+        let all: Vec<f32> = self.gpu.download(self.scratch_ptr(LOGITS), real * v)?;
         Ok(all.chunks_exact(v.max(1)).map(<[f32]>::to_vec).collect())
     }
 
@@ -459,5 +491,25 @@ impl Executor for CudaExecutor {
         let m = self.run(batch)?;
         let outputs = self.sample(batch, &m)?;
         Ok(BatchOutput { outputs })
+    }
+
+    fn kv_block_layout(&self) -> Option<ferrite_engine::KvBlockLayout> {
+        Some(self.block_layout())
+    }
+
+    fn read_kv_blocks(
+        &mut self,
+        blocks: &[ferrite_protocol::BlockId],
+        out: &mut [u8],
+    ) -> ferrite_engine::Result<()> {
+        Ok(self.read_blocks(blocks, out)?)
+    }
+
+    fn write_kv_blocks(
+        &mut self,
+        blocks: &[ferrite_protocol::BlockId],
+        data: &[u8],
+    ) -> ferrite_engine::Result<()> {
+        Ok(self.write_blocks(blocks, data)?)
     }
 }

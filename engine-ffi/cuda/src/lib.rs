@@ -19,4 +19,6 @@ pub mod weights;
 pub use config::{CudaConfig, Dtype};
 pub use device::probe;
 pub use error::{CudaError, Result};
-pub use executor::{CudaExecutor, CudaOptions, INVARIANT_ROWS, KV_RESERVE_FRACTION};
+pub use executor::{
+    CudaExecutor, CudaOptions, GRAPH_MAX_ROWS, INVARIANT_ROWS, KV_RESERVE_FRACTION,
+};

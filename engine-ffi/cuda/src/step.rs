@@ -2,9 +2,10 @@
 //! read (token ids, positions, slots, token → sequence, attention split offsets, sampled
 //! rows, padded block tables), packed into one upload.
 
-use crate::config::CudaConfig;
+use crate::config::{ATTN_SPLIT_LEN, CudaConfig};
 use crate::error::{CudaError, Result};
-use ferrite_engine::Batch;
+use ferrite_engine::{Batch, SeqInput};
+use ferrite_protocol::{BlockId, RequestId};
 
 /// The int32 arrays of a step, concatenated; `*_off` are element offsets into `data`.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -67,18 +68,88 @@ pub fn validate(cfg: &CudaConfig, num_blocks: u32, block_size: u32, batch: &Batc
     Ok(())
 }
 
+/// The shape of a captured decode step: `rows` sequences (real ones, then padding) of
+/// one sampled token each, attention over at most `splits` splits per token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct GraphKey {
+    pub rows: usize,
+    pub splits: usize,
+}
+
+impl GraphKey {
+    /// Block-table entries per sequence in a padded step of this shape.
+    pub fn bt_stride(&self, block_size: u32) -> usize {
+        (self.splits * ATTN_SPLIT_LEN).div_ceil(block_size.max(1) as usize)
+    }
+}
+
+/// The graph shape of `batch` when it can replay a captured decode step: every sequence
+/// has exactly one token and is sampled, and there are at most `max_rows` of them. Rows
+/// and splits are rounded up to powers of two, so few shapes cover all steps.
+pub fn graph_key(batch: &Batch, max_rows: usize) -> Option<GraphKey> {
+    let n = batch.seqs.len();
+    if n == 0 || n > max_rows || batch.seqs.iter().any(|s| s.tokens.len() != 1 || !s.sample) {
+        return None;
+    }
+    let splits = batch
+        .seqs
+        .iter()
+        .map(|s| CudaConfig::num_splits(s.start_pos))
+        .max()
+        .unwrap_or(1);
+    Some(GraphKey {
+        rows: n.next_power_of_two(),
+        splits: splits.next_power_of_two(),
+    })
+}
+
+/// The metadata of a decode step padded to `key` (the batch must be valid and fit `key`):
+/// padding sequences are token 0 at position 0 in block `dump_block` (a block no real
+/// sequence owns); every block table has exactly `key.bt_stride` entries; `parts` and
+/// `max_splits` are the shape's bounds. Equal keys give equal layouts (offsets, grid
+/// sizes), so a graph captured for one step replays for the next with new contents.
+pub fn build_padded(batch: &Batch, key: GraphKey, block_size: u32, dump_block: u32) -> StepMeta {
+    let stride = key.bt_stride(block_size);
+    let mut seqs: Vec<SeqInput> = batch.seqs.clone();
+    for s in &mut seqs {
+        s.block_table.truncate(stride);
+    }
+    let pad = SeqInput {
+        request_id: RequestId::default(),
+        tokens: vec![0],
+        start_pos: 0,
+        block_table: vec![BlockId(dump_block)],
+        slot_mapping: vec![dump_block * block_size],
+        sample: true,
+        sampling: Default::default(),
+    };
+    seqs.resize(key.rows, pad);
+    let mut m = build_with(&Batch { seqs }, 1, Some(stride));
+    m.parts = key.rows * key.splits;
+    m.max_splits = key.splits;
+    m
+}
+
 /// Builds the step's metadata (the batch must be valid); attention tiles hold at most
 /// `tile_tokens` tokens.
 pub fn build(batch: &Batch, tile_tokens: usize) -> StepMeta {
+    build_with(batch, tile_tokens, None)
+}
+
+/// As [`build`]; with `fixed_stride`, block tables take exactly that many entries (longer
+/// ones cut: the entries past a sequence's last position are never read).
+fn build_with(batch: &Batch, tile_tokens: usize, fixed_stride: Option<usize>) -> StepMeta {
     let tile_tokens = tile_tokens.max(1);
     let t: usize = batch.num_tokens();
-    let bt_stride = batch
-        .seqs
-        .iter()
-        .map(|s| s.block_table.len())
-        .max()
-        .unwrap_or(0)
-        .max(1);
+    let bt_stride = fixed_stride.unwrap_or_else(|| {
+        batch
+            .seqs
+            .iter()
+            .map(|s| s.block_table.len())
+            .max()
+            .unwrap_or(0)
+            .max(1)
+    });
     let sampled = batch.seqs.iter().filter(|s| s.sample).count();
     let mut m = StepMeta {
         tokens: t,
@@ -113,7 +184,7 @@ pub fn build(batch: &Batch, tile_tokens: usize) -> StepMeta {
             srow += 1;
         }
         let bt = m.bt_off + si * bt_stride;
-        for (j, b) in s.block_table.iter().enumerate() {
+        for (j, b) in s.block_table.iter().take(bt_stride).enumerate() {
             data[bt + j] = b.0 as i32;
         }
     }
@@ -189,6 +260,59 @@ mod tests {
         assert_eq!(m.data[m.bt_off + 1], 0, "padding");
         assert_eq!(m.data[m.bt_off + 19 + 18], 18);
         assert_eq!(m.data.len(), 5 * 4 + 1 + 2 * 19 + 2 * 3);
+    }
+
+    #[test]
+    fn decode_steps_of_one_shape_share_one_layout() {
+        let dec = |pos: u32, blocks: u32| seq(vec![7], pos, &(0..blocks).collect::<Vec<_>>(), true);
+        let a = Batch {
+            seqs: vec![dec(10, 1), dec(200, 13), dec(5, 1)],
+        };
+        let key = graph_key(&a, 64).expect("decode batch");
+        assert_eq!(key, GraphKey { rows: 4, splits: 2 });
+        // Later: positions grew, one more block, a fourth sequence.
+        let b = Batch {
+            seqs: vec![dec(11, 1), dec(230, 15), dec(6, 1), dec(130, 9)],
+        };
+        assert_eq!(graph_key(&b, 64), Some(key));
+        let (ma, mb) = (build_padded(&a, key, 16, 99), build_padded(&b, key, 16, 99));
+        for m in [&ma, &mb] {
+            assert_eq!((m.tokens, m.sampled, m.tiles), (4, 4, 4));
+            assert_eq!((m.parts, m.max_splits, m.bt_stride), (8, 2, 16));
+        }
+        let offs = |m: &StepMeta| {
+            [
+                m.tokens_off,
+                m.pos_off,
+                m.slots_off,
+                m.tok_seq_off,
+                m.part_off_off,
+                m.rows_off,
+                m.bt_off,
+                m.tiles_off,
+                m.data.len(),
+            ]
+        };
+        assert_eq!(offs(&ma), offs(&mb));
+        // The padding row of `a`: token 0 at position 0 writing the dump block's slot 0.
+        assert_eq!(ma.data[ma.tokens_off + 3], 0);
+        assert_eq!(ma.data[ma.pos_off + 3], 0);
+        assert_eq!(ma.data[ma.slots_off + 3], 99 * 16);
+        assert_eq!(ma.data[ma.bt_off + 3 * 16], 99);
+        assert_eq!(ma.data[ma.rows_off + 3], 3);
+        // Real rows keep their values.
+        assert_eq!(mb.data[mb.pos_off + 1], 230);
+        assert_eq!(mb.data[mb.bt_off + 16 + 14], 14);
+        // Not graphable: a prefill chunk, an unsampled row, too many rows.
+        let pre = Batch {
+            seqs: vec![seq(vec![1, 2], 0, &[0], true)],
+        };
+        assert_eq!(graph_key(&pre, 64), None);
+        let quiet = Batch {
+            seqs: vec![seq(vec![1], 3, &[0], false)],
+        };
+        assert_eq!(graph_key(&quiet, 64), None);
+        assert_eq!(graph_key(&b, 3), None);
     }
 
     #[test]

@@ -65,6 +65,10 @@ pub struct RunConfig {
     pub slo_itl_ms: Option<f64>,
     /// Draw a progress bar on a terminal (log lines otherwise); `false`: silent.
     pub progress: bool,
+    /// Multi-turn: send turn `t` of every conversation before turn `t + 1` of any
+    /// (users who pause between turns while others talk), instead of running each
+    /// conversation's turns back to back.
+    pub interleave_turns: bool,
 }
 
 /// What a run produced, before summarising.
@@ -177,26 +181,68 @@ async fn run_session(ctx: Arc<Ctx>, s: Session) {
         Some(sem) => sem.clone().acquire_owned().await.ok(),
         None => None,
     };
-    let url = format!("{}{}", ctx.url, ctx.endpoint.path());
     let mut history = History::default();
-    for (k, turn) in s.turns.iter().enumerate() {
-        let prompt = match ctx.endpoint {
-            Endpoint::Chat => Prompt::Chat(history.user(&turn.text)),
-            Endpoint::Completions => Prompt::Text(&turn.text),
-        };
-        let body = ctx.body(prompt, turn.output_len);
-        let index = ctx.issued.fetch_add(1, Ordering::Relaxed);
-        let start_s = ctx.t0.elapsed().as_secs_f64();
-        let m = client::stream(&ctx.http, &url, &body).await;
-        let reply = m.text.clone();
-        let r = record(index, &s, k, start_s, m);
-        let ok = r.ok;
-        ctx.push(r);
-        if !ok {
+    for k in 0..s.turns.len() {
+        if !run_turn(&ctx, &s, k, &mut history).await {
             break; // a conversation stops at its first failed turn
         }
+    }
+}
+
+/// Sends turn `k` of `s` with `history`; records it; on success adds the reply to the
+/// history. Returns whether the turn succeeded.
+async fn run_turn(ctx: &Ctx, s: &Session, k: usize, history: &mut History) -> bool {
+    let turn = &s.turns[k];
+    let url = format!("{}{}", ctx.url, ctx.endpoint.path());
+    let prompt = match ctx.endpoint {
+        Endpoint::Chat => Prompt::Chat(history.user(&turn.text)),
+        Endpoint::Completions => Prompt::Text(&turn.text),
+    };
+    let body = ctx.body(prompt, turn.output_len);
+    let index = ctx.issued.fetch_add(1, Ordering::Relaxed);
+    let start_s = ctx.t0.elapsed().as_secs_f64();
+    let m = client::stream(&ctx.http, &url, &body).await;
+    let reply = m.text.clone();
+    let r = record(index, s, k, start_s, m);
+    let ok = r.ok;
+    ctx.push(r);
+    if ok {
         history.assistant(&reply);
     }
+    ok
+}
+
+/// Interleaved multi-turn: round `t` sends turn `t` of every conversation still going
+/// (at most `concurrency` at once) and waits for all of them before round `t + 1`.
+async fn run_rounds(ctx: Arc<Ctx>, mut source: Source, concurrency: usize) -> Result<()> {
+    let mut convs = Vec::new();
+    while let Some(s) = source.next().await? {
+        convs.push((Arc::new(s), History::default()));
+    }
+    let rounds = convs.iter().map(|(s, _)| s.turns.len()).max().unwrap_or(0);
+    let sem = Arc::new(Semaphore::new(concurrency));
+    for t in 0..rounds {
+        let mut set = JoinSet::new();
+        for (s, mut history) in std::mem::take(&mut convs) {
+            if t >= s.turns.len() {
+                continue;
+            }
+            let (ctx, sem) = (ctx.clone(), sem.clone());
+            set.spawn(async move {
+                let _permit = sem.acquire_owned().await.ok();
+                let ok = run_turn(&ctx, &s, t, &mut history).await;
+                ok.then_some((s, history))
+            });
+        }
+        while let Some(r) = set.join_next().await {
+            // A failed conversation is dropped (no later turns).
+            if let Some(c) = r? {
+                convs.push(c);
+            }
+        }
+        convs.sort_by_key(|(s, _)| s.index);
+    }
+    Ok(())
 }
 
 /// Sessions built ahead of time on a blocking thread.
@@ -276,6 +322,11 @@ pub async fn run(cfg: &RunConfig, workload: Arc<Workload>) -> Result<RunOutput> 
             "a trace is replayed at its own timestamps: drop --rate (use --trace-speedup)",
         ));
     }
+    if cfg.interleave_turns && (!multi || cfg.rate.is_some()) {
+        return Err(config_err(
+            "--turn-order interleaved is for the closed-loop multi-turn workload",
+        ));
+    }
     if multi && cfg.num_requests.is_some() {
         return Err(config_err(
             "multi-turn sends --conversations × --turns requests: drop --num-requests",
@@ -352,6 +403,9 @@ pub async fn run(cfg: &RunConfig, workload: Arc<Workload>) -> Result<RunOutput> 
             });
         }
         drop(source);
+    } else if multi && cfg.interleave_turns {
+        let (ctx, c) = (ctx.clone(), cfg.concurrency.unwrap_or(DEFAULT_CONCURRENCY));
+        set.spawn(run_rounds(ctx, source, c));
     } else {
         let source = Arc::new(tokio::sync::Mutex::new(source));
         for _ in 0..cfg.concurrency.unwrap_or(DEFAULT_CONCURRENCY) {

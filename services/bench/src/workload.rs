@@ -123,6 +123,9 @@ pub enum WorkloadSpec {
         turns: usize,
         input: LenSpec,
         output: LenSpec,
+        /// Tokens of the first user message (a long document or history) when different
+        /// from `input` (the follow-ups).
+        first_input: Option<LenSpec>,
     },
     Trace {
         entries: Vec<TraceEntry>,
@@ -307,11 +310,16 @@ impl Workload {
                 turns,
                 input,
                 output,
+                first_input,
                 ..
             } => {
                 let mut v = Vec::with_capacity(*turns);
-                for _ in 0..*turns {
-                    let (i, o) = (input.sample(&mut rng), output.sample(&mut rng));
+                for k in 0..*turns {
+                    let len = match first_input {
+                        Some(f) if k == 0 => f,
+                        _ => input,
+                    };
+                    let (i, o) = (len.sample(&mut rng), output.sample(&mut rng));
                     v.push(one(b.text(&mut rng, i)?, o));
                 }
                 Session {

@@ -88,6 +88,7 @@ fn multi_turn_sessions_have_every_turn_with_its_lengths() {
         turns: 3,
         input: LenSpec::fixed(30),
         output: LenSpec::fixed(10),
+        first_input: None,
     };
     let w = Workload::new(spec, smollm2(), 1).unwrap();
     assert_eq!(w.natural_len(), Some(4));
@@ -100,6 +101,18 @@ fn multi_turn_sessions_have_every_turn_with_its_lengths() {
     }
     assert_ne!(s.turns[0].text, s.turns[1].text);
     assert!(w.session(4).unwrap().is_none());
+    // A long first message (a document), then short follow-ups.
+    let spec = WorkloadSpec::MultiTurn {
+        conversations: 2,
+        turns: 3,
+        input: LenSpec::fixed(12),
+        output: LenSpec::fixed(10),
+        first_input: Some(LenSpec::fixed(300)),
+    };
+    let w = Workload::new(spec, smollm2(), 1).unwrap();
+    let s = w.session(1).unwrap().unwrap();
+    let lens: Vec<usize> = s.turns.iter().map(|t| ids(&w, &t.text).len()).collect();
+    assert_eq!(lens, vec![300, 12, 12]);
 }
 
 #[test]

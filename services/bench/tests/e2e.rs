@@ -280,6 +280,57 @@ fn every_workload_against_the_mocker() -> anyhow::Result<()> {
         }
     }
 
+    // Interleaved: every turn-t request starts after every turn-(t-1) request ended.
+    let v = bench(
+        &srv.url,
+        dir.path(),
+        "multi-interleaved",
+        &[
+            "--tokenizer",
+            tok,
+            "--workload",
+            "multi-turn",
+            "--turn-order",
+            "interleaved",
+            "--conversations",
+            "4",
+            "--turns",
+            "3",
+            "--input-len",
+            "20",
+            "--output-len",
+            "8",
+            "--concurrency",
+            "2",
+        ],
+    )?;
+    check_records(&v, 12);
+    let all = records(&v);
+    let f = |r: &Value| r.as_f64().unwrap_or(f64::NAN);
+    for t in 1..3u64 {
+        let prev_end = all
+            .iter()
+            .filter(|r| u(&r["turn"]) == t - 1)
+            .map(|r| f(&r["start_s"]) + f(&r["e2e_ms"]) / 1e3)
+            .fold(0.0, f64::max);
+        let later: Vec<&Value> = all.iter().filter(|r| u(&r["turn"]) == t).collect();
+        assert_eq!(later.len(), 4);
+        for r in later {
+            assert!(
+                f(&r["start_s"]) >= prev_end - 1e-3,
+                "turn {t} started early: {r}"
+            );
+        }
+    }
+    for c in 0..4 {
+        let turns: Vec<u64> = all
+            .iter()
+            .filter(|r| u(&r["session"]) == c)
+            .map(|r| u(&r["turn"]))
+            .collect();
+        assert_eq!(turns, vec![0, 1, 2]);
+    }
+
     // Trace: 6 lines, shared hash ids, replayed at 10x.
     let trace = dir.path().join("trace.jsonl");
     let lines = [
@@ -364,6 +415,7 @@ fn bad_flags_exit_with_status_2() -> anyhow::Result<()> {
             "m",
         ],
         &["--len-spread", "3"],
+        &["--turn-order", "interleaved", "--model", "m"],
     ] {
         let out = Command::new(ferrite_bin()?)
             .args(["bench", "--url", "http://127.0.0.1:9", "--no-progress"])

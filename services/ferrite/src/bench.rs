@@ -30,6 +30,15 @@ pub enum GroupOrder {
     Interleaved,
 }
 
+/// In which order multi-turn conversations send their turns.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TurnOrder {
+    /// Each conversation's turns back to back in one concurrency slot.
+    Sequential,
+    /// Turn t of every conversation before turn t+1 of any.
+    Interleaved,
+}
+
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EndpointArg {
     Chat,
@@ -118,6 +127,20 @@ pub struct BenchArgs {
     /// multi-turn: turns per conversation.
     #[arg(long, default_value_t = 4, env = "FERRITE_TURNS")]
     pub turns: usize,
+    /// multi-turn: `sequential` runs each conversation's turns back to back in one
+    /// concurrency slot; `interleaved` sends turn t of every conversation before turn
+    /// t+1 of any (users pausing between turns while others talk).
+    #[arg(
+        long,
+        value_enum,
+        default_value = "sequential",
+        env = "FERRITE_TURN_ORDER"
+    )]
+    pub turn_order: TurnOrder,
+    /// multi-turn: tokens of each conversation's first message (a document, a long
+    /// history); later turns use --input-len. Default: --input-len.
+    #[arg(long, env = "FERRITE_FIRST_INPUT_LEN")]
+    pub first_input_len: Option<usize>,
     /// trace: JSONL of {timestamp (ms), input_length, output_length, hash_ids}.
     #[arg(long, env = "FERRITE_TRACE")]
     pub trace: Option<PathBuf>,
@@ -177,8 +200,8 @@ impl BenchArgs {
     }
 
     fn config(&self) -> anyhow::Result<RunConfig> {
-        if self.input_len == 0 || self.output_len == 0 {
-            usage!("--input-len and --output-len must be positive");
+        if self.input_len == 0 || self.output_len == 0 || self.first_input_len == Some(0) {
+            usage!("--input-len, --first-input-len and --output-len must be positive");
         }
         if !(0.0..=1.0).contains(&self.len_spread) {
             usage!("--len-spread must be within 0..=1");
@@ -203,6 +226,7 @@ impl BenchArgs {
             slo_ttft_ms: self.slo_ttft_ms,
             slo_itl_ms: self.slo_itl_ms,
             progress: !self.no_progress,
+            interleave_turns: self.turn_order == TurnOrder::Interleaved,
         })
     }
 
@@ -225,6 +249,7 @@ impl BenchArgs {
                 turns: self.turns,
                 input: self.len(self.input_len),
                 output: self.len(self.output_len),
+                first_input: self.first_input_len.map(|n| self.len(n)),
             },
             Workload::Trace => {
                 let path = self.trace.as_deref().context("--trace")?;

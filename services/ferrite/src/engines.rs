@@ -5,6 +5,7 @@ use crate::bundled;
 use anyhow::Context;
 use ferrite_engine::{EngineError, Executor, ExecutorFactory, FaultPlan, KvCacheSpec};
 use ferrite_mocker::{MockerConfig, MockerExecutor};
+use ferrite_scheduler::offload::KvTierOptions;
 use std::path::{Path, PathBuf};
 
 /// The model to serve: its path and name.
@@ -120,14 +121,16 @@ fn mocker_tokens(model: &Path) -> anyhow::Result<(u32, std::ops::Range<u32>)> {
 /// (the mocker's vocabulary scan) is done once, when the factory is made. With
 /// `--fault-panic-at-step` every executor is wrapped in a fault injector (a testing aid)
 /// whose panic budget (`--fault-panic-times`) is shared by the whole process.
+///
+/// Also returns the KV offload tiers every rank's scheduler gets (`None`: off).
 pub fn factory(
     kind: EngineKind,
     args: &ModelArgs,
     model: &ModelChoice,
-) -> anyhow::Result<ExecutorFactory> {
-    let make = backend_factory(kind, args, model)?;
+) -> anyhow::Result<(ExecutorFactory, Option<KvTierOptions>)> {
+    let (make, tiers) = backend_factory(kind, args, model)?;
     let Some(step) = args.fault_panic_at_step else {
-        return Ok(make);
+        return Ok((make, tiers));
     };
     if step == 0 {
         usage!("--fault-panic-at-step must be at least 1");
@@ -138,14 +141,15 @@ pub fn factory(
         times = ?args.fault_panic_times,
         "FAULT INJECTION (testing aid): executors panic at forward step {step}"
     );
-    Ok(std::sync::Arc::new(move |rank| Ok(plan.wrap(make(rank)?))))
+    let make: ExecutorFactory = std::sync::Arc::new(move |rank| Ok(plan.wrap(make(rank)?)));
+    Ok((make, tiers))
 }
 
 fn backend_factory(
     kind: EngineKind,
     args: &ModelArgs,
     model: &ModelChoice,
-) -> anyhow::Result<ExecutorFactory> {
+) -> anyhow::Result<(ExecutorFactory, Option<KvTierOptions>)> {
     let cuda_check = || ferrite_cuda::CudaExecutor::check_model(&model.path);
     let kind = match kind {
         EngineKind::Cuda if matches!(args.engine, EngineKind::Auto) && cuda_check().is_err() => {
@@ -161,7 +165,7 @@ fn backend_factory(
         other => other,
     };
     let tiers = kv_tiers(args)?;
-    match kind {
+    let make: ExecutorFactory = match kind {
         EngineKind::Mocker => {
             let (vocab_size, token_range) = mocker_tokens(&model.path)?;
             let cfg = MockerConfig {
@@ -173,17 +177,19 @@ fn backend_factory(
                 token_range,
                 max_context: 8192,
                 speedup: args.speedup,
-                kv_bytes_per_block: if tiers { MOCK_KV_PAYLOAD } else { 0 },
-                kv_sim_bytes_per_block: if tiers {
-                    mocker_tiers(args, gpu_block_bytes(&model.path, args.kv_block_size)?)?
+                kv_bytes_per_block: if tiers.is_some() { MOCK_KV_PAYLOAD } else { 0 },
+                kv_sim_bytes_per_block: if tiers.is_some() {
+                    gpu_block_bytes(&model.path, args.kv_block_size)?
                 } else {
                     0
                 },
                 ..MockerConfig::default()
             };
-            Ok(std::sync::Arc::new(move |_rank| {
+            let tiers = tiers.map(|t| mocker_tiers(t, cfg.kv_sim_bytes_per_block));
+            let make: ExecutorFactory = std::sync::Arc::new(move |_rank| {
                 Ok(Box::new(MockerExecutor::new(cfg.clone())?) as Box<dyn Executor>)
-            }))
+            });
+            return Ok((make, tiers));
         }
         EngineKind::Cpu => {
             install_structured_output(&model.path);
@@ -194,9 +200,9 @@ fn backend_factory(
                     name: model.name.clone(),
                 },
             );
-            Ok(std::sync::Arc::new(move |_rank| {
+            std::sync::Arc::new(move |_rank| {
                 cpu(&args, &model).map_err(|e| EngineError::Backend(format!("{e:#}")))
-            }))
+            })
         }
         EngineKind::Cuda => {
             install_structured_output(&model.path);
@@ -206,21 +212,21 @@ fn backend_factory(
                 ..Default::default()
             };
             let path = model.path.clone();
-            Ok(std::sync::Arc::new(move |_rank| {
+            std::sync::Arc::new(move |_rank| {
                 let ex = ferrite_cuda::CudaExecutor::load(&path, opts).map_err(|e| {
                     EngineError::Backend(format!("loading {} on CUDA: {e}", path.display()))
                 })?;
                 Ok(Box::new(ex) as Box<dyn Executor>)
-            }))
+            })
         }
         other => usage!("engine {other:?} is not available"),
-    }
+    };
+    Ok((make, tiers))
 }
 
 /// `--kv-host-cache-gb`/`--kv-disk-cache-gb`: the offload tiers every scheduler of this
-/// process gets (issue 9, docs/kvbm.md). True when any tier is on.
-fn kv_tiers(args: &ModelArgs) -> anyhow::Result<bool> {
-    const GIB: f64 = (1u64 << 30) as f64;
+/// process gets (issue 9, docs/kvbm.md); `None` when both are 0.
+fn kv_tiers(args: &ModelArgs) -> anyhow::Result<Option<KvTierOptions>> {
     for (flag, v) in [
         ("--kv-host-cache-gb", args.kv_host_cache_gb),
         ("--kv-disk-cache-gb", args.kv_disk_cache_gb),
@@ -229,39 +235,32 @@ fn kv_tiers(args: &ModelArgs) -> anyhow::Result<bool> {
             usage!("{flag} must be a size in GiB >= 0, got {v}");
         }
     }
-    let opts = ferrite_scheduler::offload::KvTierOptions {
+    let opts = KvTierOptions {
         host_bytes: (args.kv_host_cache_gb * GIB) as u64,
         disk_bytes: (args.kv_disk_cache_gb * GIB) as u64,
         disk_dir: args.kv_disk_cache_dir.clone(),
         min_hits_for_disk: args.kv_offload_min_hits,
     };
-    let on = opts.is_enabled();
-    if on {
-        tracing::info!(?opts, "KV offload tiers on");
+    if !opts.is_enabled() {
+        return Ok(None);
     }
-    ferrite_scheduler::offload::set_default_kv_tiers(Some(opts));
-    Ok(on)
+    tracing::info!(?opts, "KV offload tiers on");
+    Ok(Some(opts))
 }
+
+const GIB: f64 = (1u64 << 30) as f64;
 
 /// Bytes the mocker really stores per offloaded block (its blocks hold no KV).
 const MOCK_KV_PAYLOAD: usize = 16;
 
 /// The mocker stores `MOCK_KV_PAYLOAD` bytes per block but simulates `sim_bytes`: the tier
 /// sizes are rescaled so that they hold as many blocks as they would on the GPU machine.
-fn mocker_tiers(args: &ModelArgs, sim_bytes: usize) -> anyhow::Result<usize> {
-    let mut opts = ferrite_scheduler::offload::KvTierOptions {
-        host_bytes: 0,
-        disk_bytes: 0,
-        disk_dir: args.kv_disk_cache_dir.clone(),
-        min_hits_for_disk: args.kv_offload_min_hits,
-    };
-    const GIB: f64 = (1u64 << 30) as f64;
-    let blocks = |gb: f64| (gb * GIB / sim_bytes.max(1) as f64) as u64;
-    opts.host_bytes = blocks(args.kv_host_cache_gb) * MOCK_KV_PAYLOAD as u64;
-    opts.disk_bytes = blocks(args.kv_disk_cache_gb)
-        * (MOCK_KV_PAYLOAD + ferrite_kv::tiers::DISK_SLOT_OVERHEAD) as u64;
-    ferrite_scheduler::offload::set_default_kv_tiers(Some(opts));
-    Ok(sim_bytes)
+fn mocker_tiers(mut opts: KvTierOptions, sim_bytes: usize) -> KvTierOptions {
+    let blocks = |bytes: u64| bytes / sim_bytes.max(1) as u64;
+    opts.host_bytes = blocks(opts.host_bytes) * MOCK_KV_PAYLOAD as u64;
+    opts.disk_bytes =
+        blocks(opts.disk_bytes) * ferrite_kv::tiers::disk_slot_bytes(MOCK_KV_PAYLOAD) as u64;
+    opts
 }
 
 /// Bytes of one KV block of `model` on a GPU (bf16), for the mocker's simulated copies.

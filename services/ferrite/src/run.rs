@@ -54,7 +54,7 @@ async fn start_workers(
     if args.max_waiting == 0 {
         usage!("--max-waiting must be at least 1");
     }
-    let make = engines::factory(kind, args, &model)?;
+    let (make, kv_tiers) = engines::factory(kind, args, &model)?;
     let mut workers = Vec::with_capacity(args.num_workers);
     for _ in 0..args.num_workers {
         let mut cfg = WorkerConfig::new(&model.name, model.path.to_string_lossy());
@@ -66,6 +66,7 @@ async fn start_workers(
         cfg.max_waiting = args.max_waiting;
         cfg.dp_size = dp_size;
         cfg.disagg = disagg.clone();
+        cfg.kv_tiers = kv_tiers.clone();
         cfg.restart_policy = RestartPolicy {
             max_restarts: args.max_engine_restarts,
             window: Duration::from_secs(args.engine_restart_window),

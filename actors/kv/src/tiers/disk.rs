@@ -1,7 +1,11 @@
 //! G3: one preallocated file of fixed-size slots in a local directory.
 //!
 //! Slot layout: a 32-byte header (magic, payload length, block hash, XXH3-64 of the
-//! payload) then the payload. A read checks all four; any mismatch (a torn or truncated
+//! payload) then the payload, each slot padded to a multiple of 4 KiB ([`slot_bytes`]).
+//! The file is opened with `O_DIRECT` where the filesystem allows it (not on tmpfs): slots
+//! are written and read whole through 4 KiB-aligned buffers, bypassing the page cache, so
+//! offloaded KV does not evict the host's other cached files and a read measures the disk.
+//! Otherwise (or for a file given by the caller) it uses ordinary buffered I/O. A read checks all four; any mismatch (a torn or truncated
 //! write, bit rot, a slot reused since the read was planned) is [`KvError::Corrupt`] and the
 //! caller treats the block as a miss. The file is created fresh (truncated) at start and
 //! removed on drop: the disk tier is wiped on restart, never trusted across processes.
@@ -26,6 +30,36 @@ const MAGIC: u32 = 0x4b56_4633; // "KVF3"
 pub(crate) const HEADER: usize = 32;
 const PREFIX: &str = "ferrite-kvbm-";
 const SUFFIX: &str = ".g3";
+/// Alignment of direct I/O offsets, lengths and buffers.
+const ALIGN: usize = 4096;
+
+/// Bytes one slot of a `block_bytes` block takes in the file (header, payload, padding).
+pub fn slot_bytes(block_bytes: usize) -> usize {
+    (HEADER + block_bytes).div_ceil(ALIGN) * ALIGN
+}
+
+/// A zeroed `len`-byte buffer at a 4 KiB-aligned address (inside a larger `Vec`).
+struct Aligned {
+    v: Vec<u8>,
+    off: usize,
+    len: usize,
+}
+
+impl Aligned {
+    fn zeroed(len: usize) -> Self {
+        let v = vec![0u8; len + ALIGN];
+        let off = v.as_ptr().align_offset(ALIGN).min(ALIGN);
+        Self { v, off, len }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.v[self.off..self.off + self.len]
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        &mut self.v[self.off..self.off + self.len]
+    }
+}
 
 static NEXT_FILE: AtomicU64 = AtomicU64::new(0);
 
@@ -36,6 +70,8 @@ pub struct DiskRead {
     pub(crate) offset: u64,
     pub(crate) hash: BlockHash,
     pub(crate) len: usize,
+    /// `file` is opened with `O_DIRECT`: read the whole slot through an aligned buffer.
+    direct: bool,
     writes: Arc<WriteProgress>,
     /// Writes submitted before this read was planned.
     after: u64,
@@ -78,7 +114,7 @@ impl WriteProgress {
 
 struct WriteJob {
     offset: u64,
-    buf: Vec<u8>,
+    buf: Aligned,
 }
 
 impl DiskRead {
@@ -94,12 +130,21 @@ impl DiskRead {
             )));
         }
         let mut head = [0u8; HEADER];
-        self.file
-            .read_exact_at(&mut head, self.offset)
-            .map_err(|e| KvError::Corrupt(format!("header of {:?}: {e}", self.hash)))?;
-        self.file
-            .read_exact_at(out, self.offset + HEADER as u64)
-            .map_err(|e| KvError::Corrupt(format!("payload of {:?}: {e}", self.hash)))?;
+        if self.direct {
+            let mut slot = Aligned::zeroed(slot_bytes(self.len));
+            self.file
+                .read_exact_at(slot.bytes_mut(), self.offset)
+                .map_err(|e| KvError::Corrupt(format!("slot of {:?}: {e}", self.hash)))?;
+            head.copy_from_slice(&slot.bytes()[..HEADER]);
+            out.copy_from_slice(&slot.bytes()[HEADER..HEADER + self.len]);
+        } else {
+            self.file
+                .read_exact_at(&mut head, self.offset)
+                .map_err(|e| KvError::Corrupt(format!("header of {:?}: {e}", self.hash)))?;
+            self.file
+                .read_exact_at(out, self.offset + HEADER as u64)
+                .map_err(|e| KvError::Corrupt(format!("payload of {:?}: {e}", self.hash)))?;
+        }
         let (magic, len, hash, sum) = parse_header(&head);
         if magic != MAGIC || len as usize != self.len || hash != self.hash.0 {
             return Err(KvError::Corrupt(format!(
@@ -140,7 +185,10 @@ fn header(len: usize, hash: BlockHash, data: &[u8]) -> [u8; HEADER] {
 /// The slot file of one disk tier.
 #[derive(Debug)]
 pub(crate) struct DiskFile {
+    /// Buffered handle (sizing, tests).
     file: Arc<File>,
+    /// The `O_DIRECT` handle blocks go through, where the filesystem supports it.
+    direct: Option<Arc<File>>,
     path: Option<PathBuf>,
     block_bytes: usize,
     pub(crate) slots: u32,
@@ -175,26 +223,38 @@ impl DiskFile {
             .truncate(true)
             .open(&path)
             .map_err(|e| KvError::io(&path, e))?;
-        let total = u64::from(slots) * (HEADER + block_bytes) as u64;
+        let total = u64::from(slots) * slot_bytes(block_bytes) as u64;
         file.set_len(total).map_err(|e| KvError::io(&path, e))?;
-        Self::start(file, Some(path), slots, block_bytes)
+        let direct = open_direct(&path);
+        if direct.is_none() {
+            tracing::info!(file = %path.display(), "disk KV tier: no O_DIRECT here, using buffered I/O");
+        }
+        Self::start(file, direct, Some(path), slots, block_bytes)
     }
 
-    /// Over an already open file (tests: `/dev/full` for a full disk).
+    /// Over an already open file, buffered I/O (tests: `/dev/full` for a full disk).
     pub(crate) fn from_file(file: File, slots: u32, block_bytes: usize) -> Result<Self> {
-        Self::start(file, None, slots, block_bytes)
+        Self::start(file, None, None, slots, block_bytes)
     }
 
-    fn start(file: File, path: Option<PathBuf>, slots: u32, block_bytes: usize) -> Result<Self> {
+    fn start(
+        file: File,
+        direct: Option<File>,
+        path: Option<PathBuf>,
+        slots: u32,
+        block_bytes: usize,
+    ) -> Result<Self> {
         let file = Arc::new(file);
+        let direct = direct.map(Arc::new);
         let writes = Arc::new(WriteProgress::default());
         let (tx, rx) = channel::<WriteJob>();
-        let (f, w) = (file.clone(), writes.clone());
+        let f = direct.clone().unwrap_or_else(|| file.clone());
+        let w = writes.clone();
         let writer = std::thread::Builder::new()
             .name("ferrite-kvbm-g3".into())
             .spawn(move || {
                 for job in rx {
-                    w.complete(f.write_all_at(&job.buf, job.offset));
+                    w.complete(f.write_all_at(job.buf.bytes(), job.offset));
                 }
             })
             .map_err(|e| KvError::Io {
@@ -203,6 +263,7 @@ impl DiskFile {
             })?;
         Ok(Self {
             file,
+            direct,
             path,
             block_bytes,
             slots,
@@ -227,16 +288,28 @@ impl DiskFile {
         self.path.as_deref()
     }
 
+    /// Whether blocks bypass the page cache (`O_DIRECT`).
+    pub(crate) fn is_direct(&self) -> bool {
+        self.direct.is_some()
+    }
+
     fn offset(&self, slot: u32) -> u64 {
-        u64::from(slot) * (HEADER + self.block_bytes) as u64
+        u64::from(slot) * slot_bytes(self.block_bytes) as u64
     }
 
     /// Queues one block's write (header and payload in one `pwrite` on the writer thread).
     /// `Err` only when the writer is gone; a failed write shows in [`DiskFile::take_failure`].
     pub(crate) fn write(&self, slot: u32, hash: BlockHash, data: &[u8]) -> std::io::Result<()> {
-        let mut buf = Vec::with_capacity(HEADER + data.len());
-        buf.extend_from_slice(&header(data.len(), hash, data));
-        buf.extend_from_slice(data);
+        // Direct I/O writes the whole padded slot; buffered I/O just header + payload.
+        let len = if self.direct.is_some() {
+            slot_bytes(data.len())
+        } else {
+            HEADER + data.len()
+        };
+        let mut buf = Aligned::zeroed(len);
+        let b = buf.bytes_mut();
+        b[..HEADER].copy_from_slice(&header(data.len(), hash, data));
+        b[HEADER..HEADER + data.len()].copy_from_slice(data);
         let job = WriteJob {
             offset: self.offset(slot),
             buf,
@@ -252,10 +325,11 @@ impl DiskFile {
 
     pub(crate) fn read_plan(&self, slot: u32, hash: BlockHash) -> DiskRead {
         DiskRead {
-            file: self.file.clone(),
+            file: self.direct.clone().unwrap_or_else(|| self.file.clone()),
             offset: self.offset(slot),
             hash,
             len: self.block_bytes,
+            direct: self.direct.is_some(),
             writes: self.writes.clone(),
             after: self.submitted.load(Ordering::SeqCst),
         }
@@ -268,7 +342,8 @@ impl DiskFile {
         let mut b = [0u8; 1];
         self.file.read_exact_at(&mut b, at)?;
         b[0] ^= 0x5a;
-        self.file.write_all_at(&b, at)
+        self.file.write_all_at(&b, at)?;
+        self.file.sync_data() // so that a direct read sees it
     }
 }
 
@@ -282,6 +357,22 @@ impl Drop for DiskFile {
             let _ = std::fs::remove_file(p);
         }
     }
+}
+
+/// A second handle on `path` with `O_DIRECT`, if the filesystem supports it (an aligned
+/// probe write and read of slot 0 succeed).
+fn open_direct(path: &Path) -> Option<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+        .ok()?;
+    let mut probe = Aligned::zeroed(ALIGN);
+    f.write_all_at(probe.bytes(), 0).ok()?;
+    f.read_exact_at(probe.bytes_mut(), 0).ok()?;
+    Some(f)
 }
 
 /// Deletes `ferrite-kvbm-<pid>-<n>.g3` files of processes that no longer exist.

@@ -19,7 +19,7 @@ mod lru;
 pub use disk::DiskRead;
 
 /// Bytes a G3 slot adds to each block (its header).
-pub const DISK_SLOT_OVERHEAD: usize = disk::HEADER;
+pub use disk::slot_bytes as disk_slot_bytes;
 
 use crate::error::{KvError, Result};
 use crate::metrics::TierMetrics;
@@ -51,8 +51,8 @@ impl TierConfig {
     }
 
     pub fn disk_blocks(&self) -> u32 {
-        (self.disk_bytes / (self.bytes_per_block + disk::HEADER).max(1) as u64)
-            .min(u64::from(u32::MAX)) as u32
+        (self.disk_bytes / disk::slot_bytes(self.bytes_per_block) as u64).min(u64::from(u32::MAX))
+            as u32
     }
 }
 
@@ -142,7 +142,12 @@ impl OffloadStore {
             }
             (Some(dir), n) => match DiskFile::create(dir, n, cfg.bytes_per_block) {
                 Ok(f) => {
-                    tracing::info!(file = ?f.path(), blocks = n, "disk KV tier (G3) ready");
+                    tracing::info!(
+                        file = ?f.path(),
+                        blocks = n,
+                        direct_io = f.is_direct(),
+                        "disk KV tier (G3) ready"
+                    );
                     Some(DiskTier::new(f))
                 }
                 Err(e) => {

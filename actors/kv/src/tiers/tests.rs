@@ -6,7 +6,7 @@ fn cfg(host_blocks: u64, disk_blocks: u64, dir: Option<&std::path::Path>) -> Tie
     TierConfig {
         bytes_per_block: BPB,
         host_bytes: host_blocks * BPB as u64,
-        disk_bytes: disk_blocks * (BPB + disk::HEADER) as u64,
+        disk_bytes: disk_blocks * disk::slot_bytes(BPB) as u64,
         disk_dir: dir.map(|d| d.to_path_buf()),
         min_hits_for_disk: 0,
     }
@@ -132,7 +132,7 @@ fn truncated_disk_file_is_a_miss() {
         .open(&file)
         .expect("open");
     s.flush_disk();
-    f.set_len((BPB + disk::HEADER) as u64 + 10)
+    f.set_len(disk::slot_bytes(BPB) as u64 + 10)
         .expect("truncate");
     let got = s.take(&[BlockHash(1), BlockHash(2)]);
     assert_eq!(read(&got[0].1).expect("block 1 intact"), block(1));
@@ -191,4 +191,31 @@ fn disk_file_is_fresh_at_start_and_removed_on_drop() {
     assert_eq!(files(), 1);
     drop(s);
     assert_eq!(files(), 0);
+}
+
+#[test]
+fn direct_io_slots_are_aligned_and_round_trip() {
+    assert_eq!(disk::slot_bytes(1), 4096);
+    assert_eq!(disk::slot_bytes(4096 - disk::HEADER), 4096);
+    assert_eq!(disk::slot_bytes(4096), 8192);
+    // This crate's folder is on a real filesystem (not tmpfs), where O_DIRECT is expected.
+    let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).expect("tmp");
+    let bpb = 3 * 4096 + 100;
+    let f = disk::DiskFile::create(dir.path(), 4, bpb).expect("create");
+    let data: Vec<u8> = (0..bpb).map(|i| (i * 7 % 251) as u8).collect();
+    f.write(2, BlockHash(9), &data).expect("write");
+    let mut out = vec![0u8; bpb];
+    f.read_plan(2, BlockHash(9))
+        .read_into(&mut out)
+        .expect("read");
+    assert_eq!(out, data);
+    assert!(
+        f.read_plan(2, BlockHash(8)).read_into(&mut out).is_err(),
+        "wrong hash must not pass"
+    );
+    let len = std::fs::metadata(f.path().expect("path"))
+        .expect("meta")
+        .len();
+    assert_eq!(len, 4 * disk::slot_bytes(bpb) as u64);
+    eprintln!("direct I/O: {}", f.is_direct());
 }

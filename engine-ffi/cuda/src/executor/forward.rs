@@ -8,22 +8,56 @@ use crate::config::ATTN_SPLIT_LEN;
 use crate::device::KArg;
 use crate::error::Result;
 use crate::kernels::ATTN_THREADS;
-use crate::step::{self, StepMeta};
+use crate::step::{self, GraphKey, StepMeta};
 use ferrite_engine::Batch;
 
 impl CudaExecutor {
     /// Runs the forward pass; the logits of the sampled rows are left in the LOGITS buffer
-    /// (float32, `[sampled, vocab]`). Returns the step metadata.
+    /// (float32, `[sampled, vocab]`, real rows first). Returns the step metadata (for a
+    /// graph-replayed step, of the padded batch).
     pub(super) fn run(&mut self, batch: &Batch) -> Result<StepMeta> {
         step::validate(&self.cfg, self.num_blocks, self.block_size, batch)?;
+        if self.graph_max_rows > 0
+            && let Some(key) = step::graph_key(batch, self.graph_max_rows)
+        {
+            return self.run_graph(batch, key);
+        }
         let m = step::build(batch, self.cfg.tile_tokens());
         if m.tokens == 0 {
             return Ok(m);
         }
         self.ensure_scratch(&m)?;
+        self.gpu.upload(self.scratch_ptr(META), &m.data)?;
+        self.launch_forward(&m)?;
+        Ok(m)
+    }
+
+    /// A decode step replayed from the CUDA graph captured for its shape (captured now if
+    /// this is the shape's first step): one launch instead of ~200. The padded rows write
+    /// only the reserved dump block; the real rows' arithmetic is the same as eager.
+    fn run_graph(&mut self, batch: &Batch, key: GraphKey) -> Result<StepMeta> {
+        let m = step::build_padded(batch, key, self.block_size, self.dump_block());
+        self.ensure_scratch(&m)?;
+        self.gpu.upload(self.scratch_ptr(META), &m.data)?;
+        if !self.graphs.contains_key(&key) {
+            let g = self.gpu.capture(|| self.launch_forward(&m))?;
+            tracing::debug!(
+                rows = key.rows,
+                splits = key.splits,
+                "captured a decode graph"
+            );
+            self.graphs.insert(key, g);
+        }
+        if let Some(g) = self.graphs.get(&key) {
+            g.launch()?;
+        }
+        Ok(m)
+    }
+
+    /// Queues the step's kernels and GEMMs (metadata already uploaded).
+    fn launch_forward(&self, m: &StepMeta) -> Result<()> {
         let b = |i: usize| self.scratch.bufs[i].ptr;
         let meta = b(META);
-        self.gpu.upload(meta, &m.data)?;
         let mi = |off: usize| meta + 4 * off as u64;
         let (c, g) = (&self.cfg, &self.gpu);
         let t = m.tokens as u32;
@@ -202,6 +236,6 @@ impl CudaExecutor {
                 true,
             )?;
         }
-        Ok(m)
+        Ok(())
     }
 }
