@@ -155,6 +155,8 @@ pub struct SchedulerActor {
     engine: Recipient<Forward>,
     streams: HashMap<RequestId, OutputSender>,
     in_flight: bool,
+    /// A step built but held until this many onboarding copies report back.
+    pub(crate) held: Option<(Batch, usize)>,
     /// Reset KV state once the in-flight step returns (the engine was replaced).
     reset_when_idle: bool,
     consecutive_failures: u32,
@@ -180,6 +182,7 @@ impl SchedulerActor {
             engine,
             streams: HashMap::new(),
             in_flight: false,
+            held: None,
             reset_when_idle: false,
             consecutive_failures: 0,
             max_consecutive_failures: Self::DEFAULT_MAX_CONSECUTIVE_FAILURES,
@@ -218,11 +221,22 @@ impl SchedulerActor {
         self.cancel_closed_streams();
         let batch = self.scheduler.schedule();
         self.publish();
-        self.dispatch_kv_copies(ctx);
+        let onboarding = self.dispatch_kv_copies(ctx);
         let Some(batch) = batch else {
             return;
         };
         self.in_flight = true;
+        if onboarding > 0 {
+            // The engine copies the blocks before anything else; hold the step until the
+            // copies report back, so the onboarded sequences join it (offload.rs).
+            self.held = Some((batch, onboarding));
+            return;
+        }
+        self.send_forward(batch, ctx);
+    }
+
+    /// Runs `batch` on the engine and applies its output (`in_flight` is set).
+    pub(crate) fn send_forward(&mut self, batch: Batch, ctx: &mut Context<Self>) {
         let fut = self.engine.send(Forward(batch.clone()));
         ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
             act.in_flight = false;

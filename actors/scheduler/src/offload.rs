@@ -15,7 +15,7 @@ use crate::actor::{EngineActor, SchedulerActor};
 use crate::remote::ReadKvBlocks;
 use crate::scheduler::Scheduler;
 use actix::prelude::*;
-use ferrite_engine::Executor;
+use ferrite_engine::{Batch, Executor};
 use ferrite_kv::{BlockPool, BlockSource, Evicted, OffloadStore, TierConfig};
 use ferrite_protocol::{BlockHash, BlockId, KvEvent, KvEventData, RequestId, StorageTier};
 use std::collections::HashMap;
@@ -173,6 +173,8 @@ pub(crate) struct Tiers {
     onboarding: HashMap<RequestId, (u64, usize)>,
     jobs: Vec<OnboardJob>,
     next_serial: u64,
+    /// Sequences whose onboarding completed since the last [`Scheduler::extend_batch`].
+    onboarded: Vec<RequestId>,
 }
 
 /// Of `hashes` (the reusable prompt blocks), how many lead in G1 and how many follow them
@@ -205,6 +207,7 @@ impl Scheduler {
             onboarding: HashMap::new(),
             jobs: Vec::new(),
             next_serial: 1,
+            onboarded: Vec::new(),
         });
     }
 
@@ -334,6 +337,49 @@ impl Scheduler {
         if let Some(blocks) = seq.blocks.as_mut() {
             self.pool.commit_full_blocks(blocks, &seq.hashes[..full]);
         }
+        if let Some(t) = self.tiers.as_mut() {
+            t.onboarded.push(r.request_id);
+        }
+    }
+
+    /// Adds to `batch` — built by the last `schedule` and not run yet — the next prefill
+    /// chunks of the sequences whose onboarding completed since (within the step's token
+    /// budget), so an onboarded sequence starts in the step its copies precede instead of
+    /// the one after. Returns how many were added.
+    pub fn extend_batch(&mut self, batch: &mut Batch) -> usize {
+        let ids = match self.tiers.as_mut() {
+            Some(t) => std::mem::take(&mut t.onboarded),
+            None => return 0,
+        };
+        let mut budget = self
+            .cfg
+            .max_batched_tokens
+            .saturating_sub(batch.num_tokens());
+        let mut added = 0;
+        for id in ids {
+            let Some(seq) = self.seqs.get(&id) else {
+                continue;
+            };
+            if budget == 0
+                || seq.cancelled
+                || seq.prefill_done
+                || self.is_onboarding(&id)
+                || batch.seqs.iter().any(|s| s.request_id == id)
+            {
+                continue;
+            }
+            let n = seq.pending().min(budget).min(self.cfg.max_prefill_chunk);
+            if n == 0 {
+                continue;
+            }
+            if let Some(input) = self.input_for(id, n) {
+                budget -= n;
+                self.stats.computed_tokens += n as u64;
+                batch.seqs.push(input);
+                added += 1;
+            }
+        }
+        added
     }
 
     /// Blocks the last `schedule` evicted from G1 that the tiers want: read their bytes
@@ -465,8 +511,10 @@ impl SchedulerActor {
     }
 
     /// After `schedule()`, before the step's `Forward`: sends the reads of evicted blocks
-    /// and the onboarding jobs to the engine (its mailbox keeps this order).
-    pub(crate) fn dispatch_kv_copies(&mut self, ctx: &mut Context<Self>) {
+    /// and the onboarding jobs to the engine (its mailbox keeps this order). Returns the
+    /// number of onboarding jobs sent; when the step is held for them (`held`), the last
+    /// result extends it with the onboarded sequences and sends it.
+    pub(crate) fn dispatch_kv_copies(&mut self, ctx: &mut Context<Self>) -> usize {
         let Some(engine) = self.kv_engine.clone() else {
             // No engine to copy with: planned onboardings become recomputes.
             for job in self.scheduler_mut().take_onboard_jobs() {
@@ -477,7 +525,7 @@ impl SchedulerActor {
                     ..Default::default()
                 });
             }
-            return;
+            return 0;
         };
         let evicted = self.scheduler_mut().take_offload_reads();
         if !evicted.is_empty() {
@@ -488,7 +536,9 @@ impl SchedulerActor {
                 act.scheduler_mut().on_offload_read(&evicted, data);
             }));
         }
-        for job in self.scheduler_mut().take_onboard_jobs() {
+        let jobs = self.scheduler_mut().take_onboard_jobs();
+        let n = jobs.len();
+        for job in jobs {
             let (id, serial) = (job.request_id, job.serial);
             let fut = engine.send(OnboardBlocks(job));
             ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
@@ -499,8 +549,26 @@ impl SchedulerActor {
                     ..Default::default()
                 });
                 act.scheduler_mut().on_onboarded(&r);
+                act.release_held(ctx);
                 act.kick_step(ctx);
             }));
+        }
+        n
+    }
+
+    /// One onboarding of the held step reported back; after the last, the step is extended
+    /// with the onboarded sequences and sent.
+    fn release_held(&mut self, ctx: &mut Context<Self>) {
+        let Some((_, left)) = self.held.as_mut() else {
+            return;
+        };
+        *left = left.saturating_sub(1);
+        if *left > 0 {
+            return;
+        }
+        if let Some((mut batch, _)) = self.held.take() {
+            self.scheduler_mut().extend_batch(&mut batch);
+            self.send_forward(batch, ctx);
         }
     }
 }

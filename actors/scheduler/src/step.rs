@@ -130,7 +130,7 @@ impl Scheduler {
     }
 
     /// The input computing the next `n` tokens of `id` (its blocks must cover them).
-    fn input_for(&self, id: RequestId, n: usize) -> Option<SeqInput> {
+    pub(crate) fn input_for(&self, id: RequestId, n: usize) -> Option<SeqInput> {
         let seq = self.seqs.get(&id)?;
         let blocks = seq.blocks.as_ref()?;
         let bs = self.cfg.block_size;

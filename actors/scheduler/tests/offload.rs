@@ -230,3 +230,115 @@ async fn g2_and_g3_onboarding_through_the_actors_is_exact() {
     assert!(cached >= 16, "turn 2 reused its onboarded blocks: {cached}");
     assert!(tiers.contains(&StorageTier::Disk), "{tiers:?}");
 }
+
+/// Drives a plain `Scheduler` the way the actor does (evicted blocks read before the step,
+/// onboarding copies, then the step, extended with the onboarded sequences). Returns every
+/// request's tokens and, per step, the ids in it.
+fn drive(
+    s: &mut Scheduler,
+    ex: &mut SlotExec,
+    mut arrivals: Vec<(usize, PreprocessedRequest)>,
+) -> (
+    std::collections::HashMap<RequestId, Vec<u32>>,
+    Vec<Vec<RequestId>>,
+) {
+    let mut toks = std::collections::HashMap::<RequestId, Vec<u32>>::new();
+    let mut steps = Vec::new();
+    for step in 0..200 {
+        arrivals.retain(|(at, r)| {
+            if *at == step {
+                s.enqueue(r.clone()).unwrap();
+            }
+            *at != step
+        });
+        let batch = s.schedule();
+        let evicted = s.take_offload_reads();
+        if !evicted.is_empty() {
+            let blocks: Vec<BlockId> = evicted.iter().map(|e| e.block).collect();
+            let mut buf = vec![0u8; blocks.len() * BS as usize * 8];
+            ex.read_kv_blocks(&blocks, &mut buf).unwrap();
+            s.on_offload_read(&evicted, Ok(buf));
+        }
+        let jobs = s.take_onboard_jobs();
+        for j in &jobs {
+            let r = ferrite_scheduler::offload::run_onboard(ex, j);
+            s.on_onboarded(&r);
+        }
+        let Some(mut batch) = batch else {
+            if arrivals.is_empty() && jobs.is_empty() && !s.has_work() {
+                break;
+            }
+            continue;
+        };
+        if !jobs.is_empty() {
+            s.extend_batch(&mut batch);
+        }
+        steps.push(batch.seqs.iter().map(|x| x.request_id).collect());
+        let out = ex.forward(&batch).unwrap();
+        for (id, o) in s.on_output(&batch, out) {
+            toks.entry(id).or_default().extend(o.token_ids);
+        }
+    }
+    (toks, steps)
+}
+
+#[test]
+fn an_onboarded_sequence_joins_the_step_its_copies_precede() {
+    let run = |tiers: Option<KvTierOptions>| {
+        let errors = Arc::new(AtomicUsize::new(0));
+        let mut ex = SlotExec {
+            cache: vec![(EMPTY, EMPTY); (BLOCKS * BS) as usize],
+            errors: errors.clone(),
+        };
+        let cfg = SchedulerConfig {
+            kv_tiers: tiers,
+            ..SchedulerConfig::new(BS, BLOCKS, 256)
+        };
+        let mut s =
+            ferrite_scheduler::offload::attach_kv_tiers(Scheduler::new(cfg).unwrap(), &ex, &[]);
+        // Turn 1 (12 tokens: 3 blocks), two fillers that push it out of G1, then a long
+        // decode (B) and, while B runs, turn 2 = turn 1 + its answer + 1 new token.
+        let turn1: Vec<u32> = (10..22).collect();
+        let (t1, _) = drive(&mut s, &mut ex, vec![(0, request(turn1.clone(), 1))]);
+        let answer = t1.values().next().unwrap().clone();
+        for f in 0..2u32 {
+            let filler: Vec<u32> = (0..13).map(|i| 40 + f * 20 + i).collect();
+            drive(&mut s, &mut ex, vec![(0, request(filler, 1))]);
+        }
+        let mut turn2 = turn1;
+        turn2.extend(&answer);
+        turn2.push(90);
+        let (b, t2) = (request(vec![5, 6], 6), request(turn2, 2));
+        let (b_id, t2_id) = (b.request_id, t2.request_id);
+        let (toks, steps) = drive(&mut s, &mut ex, vec![(0, b), (2, t2)]);
+        assert_eq!(
+            errors.load(Ordering::SeqCst),
+            0,
+            "a slot held the wrong token"
+        );
+        let first = steps.iter().position(|ids| ids.contains(&t2_id)).unwrap();
+        (
+            toks[&t2_id].clone(),
+            toks[&b_id].clone(),
+            steps[first].clone(),
+            first,
+        )
+    };
+    let (want2, want_b, _, plain_first) = run(None);
+    let host = KvTierOptions {
+        host_bytes: 64 * u64::from(BS) * 8,
+        ..Default::default()
+    };
+    let (got2, got_b, step, first) = run(Some(host));
+    assert_eq!(
+        (got2, got_b),
+        (want2, want_b),
+        "same tokens with onboarding"
+    );
+    assert_eq!(
+        step.len(),
+        2,
+        "turn 2 ran in the same step as B's decode: {step:?}"
+    );
+    assert_eq!(first, plain_first, "no step lost waiting for the copies");
+}

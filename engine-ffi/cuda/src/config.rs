@@ -50,9 +50,14 @@ pub struct CudaConfig {
     pub tie_embeddings: bool,
 }
 
-/// Keys per attention split: fixed, so a token's reduction order depends only on its
-/// position (batch invariance), never on what it is batched with.
-pub const ATTN_SPLIT_LEN: usize = 128;
+/// Attention splits of a token at most (`ATTN_SPLITS` in the source): a token's keys are
+/// cut into at most this many splits (reduced in parallel, then combined), each a
+/// multiple of [`ATTN_CHUNK`] keys. The split length depends only on the token's position
+/// (rounded up to its tile alignment), never on what it is batched with (batch invariance),
+/// and short contexts get short splits, so a decode step has enough blocks to fill the GPU.
+pub const ATTN_SPLITS: usize = 8;
+/// Keys staged per attention chunk (`KC` in the source).
+pub const ATTN_CHUNK: usize = 16;
 /// Largest head dimension the attention kernel supports (`HDMAX` in the source).
 pub const MAX_HEAD_DIM: usize = 128;
 /// (token, query head) rows of one attention tile (`TILE_ROWS` in the source): a tile holds
@@ -168,9 +173,27 @@ impl CudaConfig {
         (TILE_ROWS / self.group()).max(1)
     }
 
-    /// Attention splits a token at `pos` is reduced over.
-    pub fn num_splits(pos: u32) -> usize {
-        (pos as usize + 1).div_ceil(ATTN_SPLIT_LEN)
+    /// Tiles hold the tokens of one sequence whose positions agree but for the low bits
+    /// below this power of two (at most [`CudaConfig::tile_tokens`]).
+    pub fn tile_align(&self) -> usize {
+        let t = self.tile_tokens();
+        1 << (usize::BITS - 1 - t.leading_zeros())
+    }
+
+    /// Keys per split of the tile whose last aligned position is `last` (`split_len_of` in
+    /// the source).
+    pub fn split_len(last: u32) -> usize {
+        (last as usize + 1)
+            .div_ceil(ATTN_SPLITS)
+            .div_ceil(ATTN_CHUNK)
+            .max(1)
+            * ATTN_CHUNK
+    }
+
+    /// Attention splits a token at `pos` is reduced over, for tiles aligned to `align`.
+    pub fn num_splits(pos: u32, align: usize) -> usize {
+        let last = pos | (align.max(1) as u32 - 1);
+        (pos as usize + 1).div_ceil(Self::split_len(last))
     }
 
     /// Parameters of the layers (embedding and lm_head excluded).
@@ -215,12 +238,29 @@ mod tests {
 
     #[test]
     fn splits_follow_position_only() {
-        assert_eq!(CudaConfig::num_splits(0), 1);
-        assert_eq!(CudaConfig::num_splits(127), 1);
-        assert_eq!(CudaConfig::num_splits(128), 2);
-        assert_eq!(CudaConfig::num_splits(4095), 32);
+        // Up to 128 keys: splits of one 16-key chunk; beyond, 8 splits of growing length.
+        assert_eq!(CudaConfig::split_len(7), 16);
+        assert_eq!(CudaConfig::split_len(127), 16);
+        assert_eq!(CudaConfig::split_len(255), 32);
+        assert_eq!(CudaConfig::split_len(263), 48);
+        assert_eq!(CudaConfig::split_len(4095), 512);
+        assert_eq!(CudaConfig::num_splits(0, 8), 1);
+        assert_eq!(CudaConfig::num_splits(15, 8), 1);
+        assert_eq!(CudaConfig::num_splits(16, 8), 2);
+        assert_eq!(CudaConfig::num_splits(255, 8), 8);
+        assert_eq!(CudaConfig::num_splits(256, 8), 6); // 257 keys in splits of 48
+        assert_eq!(CudaConfig::num_splits(4095, 8), 8);
+        assert_eq!(CudaConfig::num_splits(8000, 8), 8);
+        for p in 0..20_000u32 {
+            assert!(CudaConfig::num_splits(p, 8) <= ATTN_SPLITS);
+            // Every token of an aligned tile uses the tile's split length.
+            assert_eq!(
+                CudaConfig::split_len(p | 7),
+                CudaConfig::split_len((p & !7) | 7)
+            );
+        }
         let c = CudaConfig::llama31_8b(1, 8192);
-        assert_eq!((c.group(), c.tile_tokens()), (4, 8));
+        assert_eq!((c.group(), c.tile_tokens(), c.tile_align()), (4, 8, 8));
     }
 
     #[test]

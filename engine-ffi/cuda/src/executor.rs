@@ -44,8 +44,10 @@ pub struct CudaOptions {
     pub cuda_graphs: bool,
 }
 
-/// Largest decode batch replayed as a CUDA graph.
-pub const GRAPH_MAX_ROWS: usize = 256;
+/// Largest decode batch replayed as a CUDA graph. Graphs pay where launch gaps matter
+/// (small batches, ~7 ms steps); measured at 256 rows they made 128/128 serving slower
+/// (docs/benchmarks/cuda.md, v7).
+pub const GRAPH_MAX_ROWS: usize = 32;
 
 /// Activation rows per cuBLAS call when [`CudaOptions::batch_invariant`] is on.
 pub const INVARIANT_ROWS: usize = 64;

@@ -145,6 +145,11 @@ mod tests {
         assert_eq!(ATTN_THREADS, 8 * 32);
         assert!(SOURCE.contains(&format!("#define HDMAX {}", crate::config::MAX_HEAD_DIM)));
         assert!(SOURCE.contains(&format!("#define TILE_ROWS {}", crate::config::TILE_ROWS)));
+        assert!(SOURCE.contains(&format!(
+            "#define ATTN_SPLITS {}",
+            crate::config::ATTN_SPLITS
+        )));
+        assert!(SOURCE.contains(&format!("#define KC {}", crate::config::ATTN_CHUNK)));
         assert!(SOURCE.contains(&format!("#define GEMV_MAX_T {GEMV_MAX_T}")));
     }
 

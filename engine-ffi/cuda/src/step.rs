@@ -2,7 +2,7 @@
 //! read (token ids, positions, slots, token → sequence, attention split offsets, sampled
 //! rows, padded block tables), packed into one upload.
 
-use crate::config::{ATTN_SPLIT_LEN, CudaConfig};
+use crate::config::{ATTN_SPLITS, CudaConfig};
 use crate::error::{CudaError, Result};
 use ferrite_engine::{Batch, SeqInput};
 use ferrite_protocol::{BlockId, RequestId};
@@ -19,7 +19,7 @@ pub struct StepMeta {
     pub max_splits: usize,
     /// Entries per row of the padded block-table matrix.
     pub bt_stride: usize,
-    /// Attention tiles (runs of at most `tile_tokens` tokens of one sequence).
+    /// Attention tiles (runs of tokens of one sequence within one aligned position group).
     pub tiles: usize,
     pub tokens_off: usize,
     pub pos_off: usize,
@@ -69,37 +69,53 @@ pub fn validate(cfg: &CudaConfig, num_blocks: u32, block_size: u32, batch: &Batc
 }
 
 /// The shape of a captured decode step: `rows` sequences (real ones, then padding) of
-/// one sampled token each, attention over at most `splits` splits per token.
+/// one sampled token each, positions below `ctx`. Attention always launches
+/// [`ATTN_SPLITS`] splits per token (blocks past a token's splits exit at once), so the
+/// split count is not part of the shape.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct GraphKey {
     pub rows: usize,
-    pub splits: usize,
+    pub ctx: usize,
 }
+
+/// Smallest context bucket of a graph (block tables are padded to it).
+pub const GRAPH_MIN_CTX: usize = 1024;
 
 impl GraphKey {
     /// Block-table entries per sequence in a padded step of this shape.
     pub fn bt_stride(&self, block_size: u32) -> usize {
-        (self.splits * ATTN_SPLIT_LEN).div_ceil(block_size.max(1) as usize)
+        self.ctx.div_ceil(block_size.max(1) as usize)
+    }
+}
+
+/// Padded row count of a graph for `n` sequences: powers of two up to 32, then multiples
+/// of 32 (few shapes to capture, at most 31 padding rows).
+pub fn graph_rows(n: usize) -> usize {
+    if n <= 32 {
+        n.next_power_of_two()
+    } else {
+        n.div_ceil(32) * 32
     }
 }
 
 /// The graph shape of `batch` when it can replay a captured decode step: every sequence
-/// has exactly one token and is sampled, and there are at most `max_rows` of them. Rows
-/// and splits are rounded up to powers of two, so few shapes cover all steps.
+/// has exactly one token and is sampled, and there are at most `max_rows` of them. The
+/// context is rounded up to a power of two (at least [`GRAPH_MIN_CTX`]), so few shapes
+/// cover all steps.
 pub fn graph_key(batch: &Batch, max_rows: usize) -> Option<GraphKey> {
     let n = batch.seqs.len();
     if n == 0 || n > max_rows || batch.seqs.iter().any(|s| s.tokens.len() != 1 || !s.sample) {
         return None;
     }
-    let splits = batch
+    let ctx = batch
         .seqs
         .iter()
-        .map(|s| CudaConfig::num_splits(s.start_pos))
+        .map(|s| s.start_pos as usize + 1)
         .max()
         .unwrap_or(1);
     Some(GraphKey {
-        rows: n.next_power_of_two(),
-        splits: splits.next_power_of_two(),
+        rows: graph_rows(n),
+        ctx: ctx.next_power_of_two().max(GRAPH_MIN_CTX),
     })
 }
 
@@ -108,7 +124,13 @@ pub fn graph_key(batch: &Batch, max_rows: usize) -> Option<GraphKey> {
 /// sequence owns); every block table has exactly `key.bt_stride` entries; `parts` and
 /// `max_splits` are the shape's bounds. Equal keys give equal layouts (offsets, grid
 /// sizes), so a graph captured for one step replays for the next with new contents.
-pub fn build_padded(batch: &Batch, key: GraphKey, block_size: u32, dump_block: u32) -> StepMeta {
+pub fn build_padded(
+    batch: &Batch,
+    key: GraphKey,
+    block_size: u32,
+    dump_block: u32,
+    align: usize,
+) -> StepMeta {
     let stride = key.bt_stride(block_size);
     let mut seqs: Vec<SeqInput> = batch.seqs.clone();
     for s in &mut seqs {
@@ -124,22 +146,22 @@ pub fn build_padded(batch: &Batch, key: GraphKey, block_size: u32, dump_block: u
         sampling: Default::default(),
     };
     seqs.resize(key.rows, pad);
-    let mut m = build_with(&Batch { seqs }, 1, Some(stride));
-    m.parts = key.rows * key.splits;
-    m.max_splits = key.splits;
+    let mut m = build_with(&Batch { seqs }, align, Some(stride));
+    m.parts = key.rows * ATTN_SPLITS;
+    m.max_splits = ATTN_SPLITS;
     m
 }
 
-/// Builds the step's metadata (the batch must be valid); attention tiles hold at most
-/// `tile_tokens` tokens.
-pub fn build(batch: &Batch, tile_tokens: usize) -> StepMeta {
-    build_with(batch, tile_tokens, None)
+/// Builds the step's metadata (the batch must be valid); an attention tile holds the
+/// tokens of one sequence in one group of `align` positions (`align` a power of two).
+pub fn build(batch: &Batch, align: usize) -> StepMeta {
+    build_with(batch, align, None)
 }
 
 /// As [`build`]; with `fixed_stride`, block tables take exactly that many entries (longer
 /// ones cut: the entries past a sequence's last position are never read).
-fn build_with(batch: &Batch, tile_tokens: usize, fixed_stride: Option<usize>) -> StepMeta {
-    let tile_tokens = tile_tokens.max(1);
+fn build_with(batch: &Batch, align: usize, fixed_stride: Option<usize>) -> StepMeta {
+    let align = align.max(1);
     let t: usize = batch.num_tokens();
     let bt_stride = fixed_stride.unwrap_or_else(|| {
         batch
@@ -174,7 +196,7 @@ fn build_with(batch: &Batch, tile_tokens: usize, fixed_stride: Option<usize>) ->
             data[2 * t + row] = s.slot_mapping[i] as i32;
             data[3 * t + row] = si as i32;
             data[4 * t + row] = parts as i32;
-            let n = CudaConfig::num_splits(pos);
+            let n = CudaConfig::num_splits(pos, align);
             parts += n;
             max_splits = max_splits.max(n);
             row += 1;
@@ -194,7 +216,9 @@ fn build_with(batch: &Batch, tile_tokens: usize, fixed_stride: Option<usize>) ->
         let n = s.tokens.len();
         let mut k = 0;
         while k < n {
-            let c = tile_tokens.min(n - k);
+            // Up to the end of this token's aligned position group.
+            let pos = s.start_pos as usize + k;
+            let c = (align - pos % align).min(n - k);
             data.push((row + k) as i32);
             data.push(c as i32);
             m.tiles += 1;
@@ -249,10 +273,10 @@ mod tests {
             &[48, 49, 50, 18 * 16 + 12]
         );
         assert_eq!(&m.data[m.tok_seq_off..m.tok_seq_off + 4], &[0, 0, 0, 1]);
-        // Position 300 needs 3 splits of 128 keys; the others 1 each.
+        // Position 300 (tile 300..=301): splits of 48 keys, 7 of them; the others 1 each.
         assert_eq!(&m.data[m.part_off_off..m.part_off_off + 4], &[0, 1, 2, 3]);
-        assert_eq!((m.parts, m.max_splits), (6, 3));
-        // Tiles of 2 tokens: [0,1], [2], then the decode token [3].
+        assert_eq!((m.parts, m.max_splits), (10, 7));
+        // Tiles aligned to 2 positions: [0,1], [2], then the decode token [3].
         assert_eq!(m.tiles, 3);
         assert_eq!(&m.data[m.tiles_off..], &[0, 2, 2, 1, 3, 1]);
         assert_eq!(m.data[m.rows_off], 3);
@@ -269,16 +293,19 @@ mod tests {
             seqs: vec![dec(10, 1), dec(200, 13), dec(5, 1)],
         };
         let key = graph_key(&a, 64).expect("decode batch");
-        assert_eq!(key, GraphKey { rows: 4, splits: 2 });
+        assert_eq!(key, GraphKey { rows: 4, ctx: 1024 });
         // Later: positions grew, one more block, a fourth sequence.
         let b = Batch {
             seqs: vec![dec(11, 1), dec(230, 15), dec(6, 1), dec(130, 9)],
         };
         assert_eq!(graph_key(&b, 64), Some(key));
-        let (ma, mb) = (build_padded(&a, key, 16, 99), build_padded(&b, key, 16, 99));
+        let (ma, mb) = (
+            build_padded(&a, key, 16, 99, 8),
+            build_padded(&b, key, 16, 99, 8),
+        );
         for m in [&ma, &mb] {
             assert_eq!((m.tokens, m.sampled, m.tiles), (4, 4, 4));
-            assert_eq!((m.parts, m.max_splits, m.bt_stride), (8, 2, 16));
+            assert_eq!((m.parts, m.max_splits, m.bt_stride), (32, 8, 64));
         }
         let offs = |m: &StepMeta| {
             [
@@ -298,11 +325,11 @@ mod tests {
         assert_eq!(ma.data[ma.tokens_off + 3], 0);
         assert_eq!(ma.data[ma.pos_off + 3], 0);
         assert_eq!(ma.data[ma.slots_off + 3], 99 * 16);
-        assert_eq!(ma.data[ma.bt_off + 3 * 16], 99);
+        assert_eq!(ma.data[ma.bt_off + 3 * 64], 99);
         assert_eq!(ma.data[ma.rows_off + 3], 3);
         // Real rows keep their values.
         assert_eq!(mb.data[mb.pos_off + 1], 230);
-        assert_eq!(mb.data[mb.bt_off + 16 + 14], 14);
+        assert_eq!(mb.data[mb.bt_off + 64 + 14], 14);
         // Not graphable: a prefill chunk, an unsampled row, too many rows.
         let pre = Batch {
             seqs: vec![seq(vec![1, 2], 0, &[0], true)],
@@ -313,6 +340,16 @@ mod tests {
         };
         assert_eq!(graph_key(&quiet, 64), None);
         assert_eq!(graph_key(&b, 3), None);
+        assert_eq!(
+            (
+                graph_rows(1),
+                graph_rows(3),
+                graph_rows(32),
+                graph_rows(33),
+                graph_rows(130)
+            ),
+            (1, 4, 32, 64, 160)
+        );
     }
 
     #[test]

@@ -12,8 +12,8 @@
 //! Stale files of processes that are gone are deleted when a tier opens in the same folder.
 //!
 //! Writes run on one writer thread per file (owned here, joined on drop), so the scheduler
-//! never waits for the disk; a read planned after a write waits for that write to land
-//! (writes complete in order). The first failed write is kept and reported by
+//! never waits for the disk; a read waits only for the last write queued to its own slot
+//! before it was planned (writes complete in order), not for the whole queue. The first failed write is kept and reported by
 //! [`DiskFile::take_failure`].
 
 use crate::error::{KvError, Result};
@@ -73,7 +73,7 @@ pub struct DiskRead {
     /// `file` is opened with `O_DIRECT`: read the whole slot through an aligned buffer.
     direct: bool,
     writes: Arc<WriteProgress>,
-    /// Writes submitted before this read was planned.
+    /// Ordinal of the last write to this slot queued before the read was planned.
     after: u64,
 }
 
@@ -196,6 +196,8 @@ pub(crate) struct DiskFile {
     writer: Option<JoinHandle<()>>,
     writes: Arc<WriteProgress>,
     submitted: AtomicU64,
+    /// Per slot, the ordinal (1-based) of the last write queued to it; 0: none.
+    last_write: Vec<AtomicU64>,
 }
 
 impl std::fmt::Debug for WriteJob {
@@ -271,6 +273,7 @@ impl DiskFile {
             writer: Some(writer),
             writes,
             submitted: AtomicU64::new(0),
+            last_write: (0..slots).map(|_| AtomicU64::new(0)).collect(),
         })
     }
 
@@ -286,6 +289,13 @@ impl DiskFile {
 
     pub(crate) fn path(&self) -> Option<&Path> {
         self.path.as_deref()
+    }
+
+    /// Bytes of writes queued and not landed yet.
+    pub(crate) fn queued_bytes(&self) -> u64 {
+        let done = self.writes.done.lock().map_or(0, |d| *d);
+        let queued = self.submitted.load(Ordering::SeqCst).saturating_sub(done);
+        queued * slot_bytes(self.block_bytes) as u64
     }
 
     /// Whether blocks bypass the page cache (`O_DIRECT`).
@@ -316,7 +326,10 @@ impl DiskFile {
         };
         match &self.tx {
             Some(tx) if tx.send(job).is_ok() => {
-                self.submitted.fetch_add(1, Ordering::SeqCst);
+                let n = self.submitted.fetch_add(1, Ordering::SeqCst) + 1;
+                if let Some(w) = self.last_write.get(slot as usize) {
+                    w.store(n, Ordering::SeqCst);
+                }
                 Ok(())
             }
             _ => Err(std::io::Error::other("disk tier writer thread is gone")),
@@ -331,7 +344,10 @@ impl DiskFile {
             len: self.block_bytes,
             direct: self.direct.is_some(),
             writes: self.writes.clone(),
-            after: self.submitted.load(Ordering::SeqCst),
+            after: self
+                .last_write
+                .get(slot as usize)
+                .map_or(0, |w| w.load(Ordering::SeqCst)),
         }
     }
 

@@ -21,6 +21,9 @@ pub use disk::DiskRead;
 /// Bytes a G3 slot adds to each block (its header).
 pub use disk::slot_bytes as disk_slot_bytes;
 
+/// Most bytes of G3 writes queued behind the disk; further G2 victims are dropped.
+pub const MAX_DISK_BACKLOG: u64 = 256 << 20;
+
 use crate::error::{KvError, Result};
 use crate::metrics::TierMetrics;
 use disk::DiskFile;
@@ -325,6 +328,12 @@ impl OffloadStore {
             self.stats.dropped += 1;
             return;
         };
+        if d.file.queued_bytes() >= MAX_DISK_BACKLOG {
+            // The disk is slower than eviction: drop this block rather than queue without
+            // bound (the writes already queued keep their memory until they land).
+            self.stats.dropped += 1;
+            return;
+        }
         let mut removed = Vec::new();
         if d.free.is_empty()
             && let Some(victim) = d.lru.pop()

@@ -4,7 +4,6 @@
 use super::{
     ACT, ATTN, CudaExecutor, DELTA, FNORM, GU, LOGITS, META, PART_ACC, PART_ML, QKV, X, XN,
 };
-use crate::config::ATTN_SPLIT_LEN;
 use crate::device::KArg;
 use crate::error::Result;
 use crate::kernels::ATTN_THREADS;
@@ -22,7 +21,7 @@ impl CudaExecutor {
         {
             return self.run_graph(batch, key);
         }
-        let m = step::build(batch, self.cfg.tile_tokens());
+        let m = step::build(batch, self.cfg.tile_align());
         if m.tokens == 0 {
             return Ok(m);
         }
@@ -36,16 +35,18 @@ impl CudaExecutor {
     /// this is the shape's first step): one launch instead of ~200. The padded rows write
     /// only the reserved dump block; the real rows' arithmetic is the same as eager.
     fn run_graph(&mut self, batch: &Batch, key: GraphKey) -> Result<StepMeta> {
-        let m = step::build_padded(batch, key, self.block_size, self.dump_block());
+        let m = step::build_padded(
+            batch,
+            key,
+            self.block_size,
+            self.dump_block(),
+            self.cfg.tile_align(),
+        );
         self.ensure_scratch(&m)?;
         self.gpu.upload(self.scratch_ptr(META), &m.data)?;
         if !self.graphs.contains_key(&key) {
             let g = self.gpu.capture(|| self.launch_forward(&m))?;
-            tracing::debug!(
-                rows = key.rows,
-                splits = key.splits,
-                "captured a decode graph"
-            );
+            tracing::debug!(rows = key.rows, ctx = key.ctx, "captured a decode graph");
             self.graphs.insert(key, g);
         }
         if let Some(g) = self.graphs.get(&key) {
@@ -138,7 +139,7 @@ impl CudaExecutor {
                     KArg::I32(hd),
                     KArg::I32(self.block_size as i32),
                     KArg::F32(c.attn_scale()),
-                    KArg::I32(ATTN_SPLIT_LEN as i32),
+                    KArg::I32(self.cfg.tile_align() as i32),
                 ],
             )?;
             g.launch(
@@ -153,7 +154,7 @@ impl CudaExecutor {
                     KArg::U64(b(ATTN)),
                     KArg::I32(heads),
                     KArg::I32(hd),
-                    KArg::I32(ATTN_SPLIT_LEN as i32),
+                    KArg::I32(self.cfg.tile_align() as i32),
                 ],
             )?;
             g.gemm(

@@ -110,18 +110,28 @@ __global__ void rope_cache(elem* __restrict__ qkv, const float* __restrict__ inv
 }
 
 // Paged attention over query tiles: grid = (tiles, kv_heads, max_splits), ATTN_WARPS
-// warps. A tile is up to TILE_ROWS / G consecutive tokens of one sequence (tiles[2i] =
-// first token row, tiles[2i+1] = count); its rows are (token, q head of this kv head)
-// pairs, so the G query heads sharing a KV head read each K/V chunk once. Token t attends
-// keys 0..=pos[t] (causal, prefix in the cache); split z covers keys
-// [z*split_len, (z+1)*split_len) in chunks of KC keys. A row's arithmetic depends only on
-// its own position and keys, never on the tile or batch it is in (batch invariance).
-// Writes the unnormalised accumulator and (max, sum) of each split at part_off[t] + z.
+// warps. A tile is up to TILE_ROWS / G tokens of one sequence whose positions agree above
+// the low log2(tile_align) bits (tiles[2i] = first token row, tiles[2i+1] = count); its
+// rows are (token, q head of this kv head) pairs, so the G query heads sharing a KV head
+// read each K/V chunk once. Token t attends keys 0..=pos[t] (causal, prefix in the cache);
+// split z covers keys [z*sl, (z+1)*sl) in chunks of KC keys, sl = split_len_of(the tile's
+// last aligned position): at most ATTN_SPLITS splits per token. A row's arithmetic depends
+// only on its own position and keys, never on the tile or batch it is in (batch
+// invariance). Writes the unnormalised accumulator and (max, sum) of each split at
+// part_off[t] + z.
 #define KC 16
 #define HDMAX 128
 #define TILE_ROWS 32
 #define RPW (TILE_ROWS / ATTN_WARPS)
 #define DPL (HDMAX / 32)
+#define ATTN_SPLITS 8
+
+// Keys per split for a tile whose last aligned position is `last` (CudaConfig::split_len).
+__device__ __forceinline__ int split_len_of(int last) {
+    int n = (last + 1 + ATTN_SPLITS - 1) / ATTN_SPLITS;
+    n = (n + KC - 1) / KC;
+    return max(n, 1) * KC;
+}
 
 __device__ __forceinline__ float warp_max(float v) {
 #pragma unroll
@@ -135,7 +145,7 @@ attn_partial(const elem* __restrict__ qkv, const elem* __restrict__ kc,
              int bt_stride, const int* __restrict__ tok_seq, const int* __restrict__ pos,
              const int* __restrict__ part_off, const int* __restrict__ tiles,
              float* __restrict__ part_acc, float* __restrict__ part_ml, int heads,
-             int kv_heads, int hd, int block_size, float scale, int split_len) {
+             int kv_heads, int hd, int block_size, float scale, int tile_align) {
     __shared__ float qs[TILE_ROWS][HDMAX];
     __shared__ float ks[KC][HDMAX + 1];
     __shared__ float vs[KC][HDMAX];
@@ -144,6 +154,7 @@ attn_partial(const elem* __restrict__ qkv, const elem* __restrict__ kc,
     int G = heads / kv_heads;
     int R = nt * G;
     int maxpos = pos[t0 + nt - 1];
+    int split_len = split_len_of(maxpos | (tile_align - 1));
     int kbeg = z * split_len;
     if (kbeg > maxpos) return;
     int kend = min(maxpos + 1, kbeg + split_len);
@@ -245,8 +256,9 @@ attn_partial(const elem* __restrict__ qkv, const elem* __restrict__ kc,
 __global__ void attn_combine(const float* __restrict__ part_acc,
                              const float* __restrict__ part_ml, const int* __restrict__ pos,
                              const int* __restrict__ part_off, elem* __restrict__ out,
-                             int heads, int hd, int split_len) {
+                             int heads, int hd, int tile_align) {
     int t = blockIdx.x, h = blockIdx.y;
+    int split_len = split_len_of(pos[t] | (tile_align - 1));
     int nsplit = (pos[t] + split_len) / split_len;
     long base = part_off[t];
     float M = -FINF;
