@@ -9,6 +9,7 @@
 //!   step:N            a 128-token prefill and N decode steps with the current settings (for ncu)
 //!   decode            batch-1, invariant GEMMs on/off x CUDA graphs on/off: 128-token prompt, 256 decode steps; inter-token latency
 //!   prefill           one 4096-token prompt (and 1024) in one step; tokens/s
+//!   kvcopy            512 KV blocks copied out of and back into the cache; GB/s
 //!   serve:1024:256:512  N requests through ferrite-scheduler's `Scheduler` (continuous
 //!                     batching, chunked prefill); output and total tokens/s
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -98,6 +99,30 @@ fn steps(ex: &mut CudaExecutor, tok: &ferrite_model::Tokenizer, n: u32) -> Resul
         })?;
     }
     ex.synchronize()?;
+    Ok(())
+}
+
+/// KV block copies out of and into the cache (offload tiers, KV transfer): GB/s.
+fn kvcopy(ex: &mut CudaExecutor) -> Result<()> {
+    let layout = ex.kv_block_layout().context("layout")?;
+    let blocks: Vec<BlockId> = (0..512).map(BlockId).collect();
+    let mut buf = vec![0u8; blocks.len() * layout.bytes_per_block];
+    for round in 0..3 {
+        let t0 = Instant::now();
+        ex.read_kv_blocks(&blocks, &mut buf)?;
+        let r = t0.elapsed().as_secs_f64();
+        let t0 = Instant::now();
+        ex.write_kv_blocks(&blocks, &buf)?;
+        let w = t0.elapsed().as_secs_f64();
+        println!(
+            "kv copy round {round}: {} blocks x {} B = {:.2} GB: read {:.1} GB/s, write {:.1} GB/s",
+            blocks.len(),
+            layout.bytes_per_block,
+            buf.len() as f64 / 1e9,
+            buf.len() as f64 / r / 1e9,
+            buf.len() as f64 / w / 1e9
+        );
+    }
     Ok(())
 }
 
@@ -244,6 +269,7 @@ fn main() -> Result<()> {
             ["graphs", on] => ex.set_cuda_graphs(*on == "1"),
             ["step", n] => steps(&mut ex, &tok, n.parse()?)?,
             ["prefill"] => prefill(&mut ex, &tok, &cfg)?,
+            ["kvcopy"] => kvcopy(&mut ex)?,
             ["serve", i, o, n] => serve(&mut ex, &tok, i.parse()?, o.parse()?, n.parse()?)?,
             _ => anyhow::bail!("unknown section {w}"),
         }

@@ -7,7 +7,7 @@ use crate::kernels::Kernels;
 use cudarc::cublas::{CudaBlas, result as blas, sys as bsys};
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaGraph, CudaSlice, CudaStream, DevicePtr, LaunchConfig,
-    PushKernelArg, result as dres, sys as dsys,
+    PinnedHostSlice, PushKernelArg, result as dres, sys as dsys,
 };
 use std::sync::Arc;
 
@@ -160,17 +160,24 @@ impl Gpu {
         Ok(out)
     }
 
-    /// Queues a copy of `out.len()` bytes from device address `src` into `out` (pageable
-    /// memory: the driver finishes it before returning).
-    pub fn download_into(&self, src: u64, out: &mut [u8]) -> Result<()> {
+    /// Page-locked host memory of `bytes` bytes (zeroed), for fast asynchronous copies.
+    pub fn alloc_pinned(&self, bytes: usize) -> Result<PinnedHostSlice<u8>> {
+        // SAFETY: u8 has no invalid bit patterns; the memory is zeroed before anyone reads it.
+        let mut p = unsafe { self.ctx.alloc_pinned::<u8>(bytes.max(16)) }?;
+        p.as_mut_slice()?.fill(0);
+        Ok(p)
+    }
+
+    /// Copies `out.len()` bytes from device address `src` into page-locked `out`; waits.
+    pub fn download_pinned(&self, src: u64, out: &mut [u8]) -> Result<()> {
         if out.is_empty() {
             return Ok(());
         }
         self.ctx.bind_to_thread()?;
         // SAFETY: `src` addresses at least `out.len()` bytes of a live allocation (callers
-        // check block ids against the cache size).
+        // size the staging buffer); the stream is synchronised before `out` is read.
         unsafe { dres::memcpy_dtoh_async(out, src, self.stream.cu_stream()) }?;
-        Ok(())
+        self.sync()
     }
 
     pub fn sync(&self) -> Result<()> {

@@ -120,6 +120,8 @@ pub struct CudaExecutor {
     graphs: std::collections::HashMap<crate::step::GraphKey, crate::device::Graph>,
     /// 0: no graphs.
     graph_max_rows: usize,
+    /// Buffers of KV block copies (offload tiers, KV transfer).
+    kv_staging: kv_copy::KvStaging,
 }
 
 impl std::fmt::Debug for CudaExecutor {
@@ -302,6 +304,7 @@ impl CudaExecutor {
             scratch: Scratch::default(),
             graphs: Default::default(),
             graph_max_rows: if opts.cuda_graphs { GRAPH_MAX_ROWS } else { 0 },
+            kv_staging: Default::default(),
             cfg,
             gpu,
         })

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 pub const SOURCE: &str = include_str!("kernels/ferrite.cu");
 
 /// Every `extern "C"` kernel in [`SOURCE`].
-pub const KERNEL_NAMES: [&str; 9] = [
+pub const KERNEL_NAMES: [&str; 10] = [
     "embed",
     "add_rmsnorm",
     "rope_cache",
@@ -22,6 +22,7 @@ pub const KERNEL_NAMES: [&str; 9] = [
     "argmax_rows",
     "fill_uniform",
     "gemv_small",
+    "kv_blocks_copy",
 ];
 
 /// Most activation rows `gemv_small` takes (`GEMV_MAX_T` in the source).
@@ -104,6 +105,7 @@ pub struct Kernels {
     pub argmax_rows: CudaFunction,
     pub fill_uniform: CudaFunction,
     pub gemv_small: CudaFunction,
+    pub kv_blocks_copy: CudaFunction,
 }
 
 impl Kernels {
@@ -122,6 +124,7 @@ impl Kernels {
             argmax_rows: f("argmax_rows")?,
             fill_uniform: f("fill_uniform")?,
             gemv_small: f("gemv_small")?,
+            kv_blocks_copy: f("kv_blocks_copy")?,
         })
     }
 }

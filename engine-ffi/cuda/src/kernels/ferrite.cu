@@ -409,4 +409,23 @@ gemv_small(const elem* __restrict__ w, const elem* __restrict__ x, void* __restr
     }
 }
 
+// KV block copies through one contiguous staging buffer (offload tiers, KV transfer):
+// staging holds, per listed block, for each layer its K rows then its V rows (`per` bytes
+// each, a multiple of 16). caches[2*l] / caches[2*l+1] are layer l's K / V cache.
+// grid = (blocks, 2 * layers); to_staging: 1 = gather (cache -> staging), 0 = scatter.
+__global__ void kv_blocks_copy(const unsigned long long* __restrict__ caches,
+                               const int* __restrict__ blocks, unsigned char* __restrict__ staging,
+                               long per, int to_staging) {
+    int i = blockIdx.x, c = blockIdx.y;
+    uint4* cache = (uint4*)(caches[c] + (unsigned long long)blocks[i] * per);
+    uint4* st = (uint4*)(staging + ((long)i * gridDim.y + c) * per);
+    long n = per / 16;
+    for (long k = threadIdx.x; k < n; k += blockDim.x) {
+        if (to_staging)
+            st[k] = cache[k];
+        else
+            cache[k] = st[k];
+    }
+}
+
 }  // extern "C"
