@@ -5,13 +5,15 @@
 //! landing in the wrong block, too late, or with the wrong bytes fails the test.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
+use common::request;
 use ferrite_engine::{
     Batch, BatchOutput, EngineError, Executor, ExecutorFactory, ExecutorInfo, KvBlockLayout,
     KvCacheSpec, SeqOutput, slot_for,
 };
 use ferrite_protocol::{
-    BlockId, DpRank, EngineOutput, ErrorInfo, PreprocessedRequest, RequestId, SamplingParams,
-    StopConditions, StorageTier,
+    BlockId, DpRank, EngineOutput, ErrorInfo, PreprocessedRequest, RequestId, StorageTier,
 };
 use ferrite_scheduler::offload::KvTierOptions;
 use ferrite_scheduler::{
@@ -122,22 +124,6 @@ impl Executor for SlotExec {
             }
         }
         Ok(())
-    }
-}
-
-fn request(prompt: Vec<u32>, max_tokens: u32) -> PreprocessedRequest {
-    PreprocessedRequest {
-        request_id: RequestId::new(),
-        model: "test".into(),
-        token_ids: prompt,
-        generated_so_far: 0,
-        sampling: SamplingParams::default(),
-        stop: StopConditions {
-            max_tokens,
-            ..Default::default()
-        },
-        dp_rank: DpRank(0),
-        extra_hash_key: 0,
     }
 }
 
