@@ -39,8 +39,9 @@ pub struct CudaOptions {
     /// Costs prefill speed (weights are re-read per 64 rows); see docs/benchmarks/cuda.md.
     pub batch_invariant: bool,
     /// Decode steps of at most [`GRAPH_MAX_ROWS`] sequences replay CUDA graphs captured per
-    /// shape (rows and attention splits rounded up to powers of two) instead of launching
-    /// every kernel. Same results as eager launches.
+    /// shape (rows rounded up to a power of two, context to a power of two of at least 1 024;
+    /// see `step::graph_key`) instead of launching every kernel. Same results as eager
+    /// launches.
     pub cuda_graphs: bool,
 }
 
