@@ -151,49 +151,13 @@ impl CpuExecutor {
 }
 
 fn validate(cfg: &ModelConfig, cache: &KvCache, batch: &Batch) -> Result<()> {
-    let bs = cache.block_size as u32;
-    for s in &batch.seqs {
-        let bad = |m: String| CpuError::InvalidBatch(format!("request {}: {m}", s.request_id));
-        if s.tokens.is_empty() {
-            return Err(bad("no tokens".into()));
-        }
-        if s.slot_mapping.len() != s.tokens.len() {
-            return Err(bad("slot_mapping length differs from tokens".into()));
-        }
-        let end = s.start_pos as usize + s.tokens.len();
-        if end > cfg.max_context.max(1) {
-            return Err(bad(format!(
-                "{end} positions exceed max context {}",
-                cfg.max_context
-            )));
-        }
-        if s.block_table.len() * (bs as usize) < end {
-            return Err(bad(format!(
-                "block table covers fewer than {end} positions"
-            )));
-        }
-        if let Some(b) = s
-            .block_table
-            .iter()
-            .find(|b| b.0 as usize >= cache.num_blocks)
-        {
-            return Err(bad(format!(
-                "block {} beyond {} blocks",
-                b.0, cache.num_blocks
-            )));
-        }
-        if let Some(t) = s.tokens.iter().find(|t| **t as usize >= cfg.vocab) {
-            return Err(bad(format!("token {t} outside vocab {}", cfg.vocab)));
-        }
-        if let Some(sl) = s
-            .slot_mapping
-            .iter()
-            .find(|x| **x as usize >= cache.slots())
-        {
-            return Err(bad(format!("slot {sl} beyond the cache")));
-        }
-    }
-    Ok(())
+    let kv = ferrite_engine::KvCacheSpec {
+        num_blocks: cache.num_blocks as u32,
+        block_size: cache.block_size as u32,
+    };
+    batch
+        .check(kv, cfg.vocab, cfg.max_context)
+        .map_err(CpuError::InvalidBatch)
 }
 
 fn run(

@@ -32,40 +32,15 @@ pub struct StepMeta {
     pub tiles_off: usize,
 }
 
-/// Checks a batch against the model and cache (same rules as the CPU backend).
+/// Checks a batch against the model and cache ([`Batch::check`], as every backend).
 pub fn validate(cfg: &CudaConfig, num_blocks: u32, block_size: u32, batch: &Batch) -> Result<()> {
-    let slots = u64::from(num_blocks) * u64::from(block_size);
-    for s in &batch.seqs {
-        let bad = |m: String| CudaError::InvalidBatch(format!("request {}: {m}", s.request_id));
-        if s.tokens.is_empty() {
-            return Err(bad("no tokens".into()));
-        }
-        if s.slot_mapping.len() != s.tokens.len() {
-            return Err(bad("slot_mapping length differs from tokens".into()));
-        }
-        let end = s.start_pos as usize + s.tokens.len();
-        if end > cfg.max_context.max(1) {
-            return Err(bad(format!(
-                "{end} positions exceed max context {}",
-                cfg.max_context
-            )));
-        }
-        if s.block_table.len() * (block_size as usize) < end {
-            return Err(bad(format!(
-                "block table covers fewer than {end} positions"
-            )));
-        }
-        if let Some(b) = s.block_table.iter().find(|b| b.0 >= num_blocks) {
-            return Err(bad(format!("block {} beyond {num_blocks} blocks", b.0)));
-        }
-        if let Some(t) = s.tokens.iter().find(|t| **t as usize >= cfg.vocab) {
-            return Err(bad(format!("token {t} outside vocab {}", cfg.vocab)));
-        }
-        if let Some(sl) = s.slot_mapping.iter().find(|x| u64::from(**x) >= slots) {
-            return Err(bad(format!("slot {sl} beyond the cache")));
-        }
-    }
-    Ok(())
+    let kv = ferrite_engine::KvCacheSpec {
+        num_blocks,
+        block_size,
+    };
+    batch
+        .check(kv, cfg.vocab, cfg.max_context)
+        .map_err(CudaError::InvalidBatch)
 }
 
 /// The shape of a captured decode step: `rows` sequences (real ones, then padding) of

@@ -73,6 +73,52 @@ impl Batch {
     pub fn num_tokens(&self) -> usize {
         self.seqs.iter().map(|s| s.tokens.len()).sum()
     }
+
+    /// Checks the executor contract for a cache of shape `kv` and a model of `vocab` tokens
+    /// and `max_context` positions: tokens present, one slot per token, positions within the
+    /// context, block tables covering them, block ids, token ids and slots in range. The
+    /// error names the request and the problem.
+    pub fn check(
+        &self,
+        kv: KvCacheSpec,
+        vocab: usize,
+        max_context: usize,
+    ) -> std::result::Result<(), String> {
+        let slots = u64::from(kv.num_blocks) * u64::from(kv.block_size);
+        for s in &self.seqs {
+            let bad = |m: String| format!("request {}: {m}", s.request_id);
+            if s.tokens.is_empty() {
+                return Err(bad("no tokens".into()));
+            }
+            if s.slot_mapping.len() != s.tokens.len() {
+                return Err(bad("slot_mapping length differs from tokens".into()));
+            }
+            let end = s.start_pos as usize + s.tokens.len();
+            if end > max_context.max(1) {
+                return Err(bad(format!(
+                    "{end} positions exceed max context {max_context}"
+                )));
+            }
+            if s.block_table.len() * (kv.block_size as usize) < end {
+                return Err(bad(format!(
+                    "block table covers fewer than {end} positions"
+                )));
+            }
+            if let Some(b) = s.block_table.iter().find(|b| b.0 >= kv.num_blocks) {
+                return Err(bad(format!(
+                    "block {} beyond {} blocks",
+                    b.0, kv.num_blocks
+                )));
+            }
+            if let Some(t) = s.tokens.iter().find(|t| **t as usize >= vocab) {
+                return Err(bad(format!("token {t} outside vocab {vocab}")));
+            }
+            if let Some(sl) = s.slot_mapping.iter().find(|x| u64::from(**x) >= slots) {
+                return Err(bad(format!("slot {sl} beyond the cache")));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The result for one [`SeqInput`] with `sample == true` (same order as the batch).
