@@ -59,9 +59,20 @@ pub struct Gpu {
     _blas_workspace: CudaSlice<u8>,
     pub k: Kernels,
     pub dtype: Dtype,
-    /// GEMMs with at most this many activation rows use the `gemv_small` kernel (weights
-    /// read once at full bandwidth) instead of cuBLAS; 0: always cuBLAS.
-    pub gemv_max_rows: usize,
+    /// bf16 GEMMs with at most this many activation rows use the tensor-core skinny GEMM
+    /// (`gemm.cu`) instead of cuBLAS; with `fixed_rows` > 0 (batch invariance) every bf16
+    /// GEMM whose shape it takes does, whatever its rows. 0: cuBLAS always.
+    pub mma_max_rows: usize,
+    /// Index into [`crate::kernels::GEMM_MMA_VARIANTS`] for steps of at most
+    /// `mma_tall_rows` rows, and for larger steps.
+    pub mma_variant: usize,
+    pub mma_tall_variant: usize,
+    pub mma_tall_rows: usize,
+    /// Tuned GEMM picks ([`crate::tune`]); shapes it lacks use the rules above.
+    pub plan: Option<crate::tune::GemmPlan>,
+    /// Launch kernels with programmatic dependent launch (sm_90+): each may start while the
+    /// previous one finishes (see `pdl_wait` in ferrite.cu).
+    pub pdl: bool,
     /// When > 0, every cuBLAS GEMM runs in calls of exactly this many activation rows (the
     /// last call padded), so cuBLAS picks the same algorithm whatever the step's size and a
     /// row's result never depends on its batch mates. Buffers must hold the padding.
@@ -100,6 +111,7 @@ impl Gpu {
             }
         }
         let k = Kernels::load(&ctx, dtype)?;
+        let pdl = ctx.compute_capability()?.0 >= 9;
         Ok(Gpu {
             ctx,
             stream,
@@ -107,7 +119,12 @@ impl Gpu {
             _blas_workspace: ws,
             k,
             dtype,
-            gemv_max_rows: 0,
+            mma_max_rows: 0,
+            mma_variant: 0,
+            mma_tall_variant: 0,
+            mma_tall_rows: usize::MAX,
+            plan: None,
+            pdl,
             fixed_rows: 0,
         })
     }
@@ -219,24 +236,125 @@ impl Gpu {
         inner: usize,
         y_f32: bool,
     ) -> Result<()> {
-        let vec = 16 / self.dtype.bytes();
-        let small = rows <= self.gemv_max_rows.min(crate::kernels::GEMV_MAX_T);
-        if small && self.fixed_rows == 0 && inner.is_multiple_of(vec) {
-            return self.launch(
-                &self.k.gemv_small,
-                (out.div_ceil(8) as u32, 1, 1),
-                256,
-                &[
-                    KArg::U64(w),
-                    KArg::U64(x),
-                    KArg::U64(y),
-                    KArg::I32(rows as i32),
-                    KArg::I32(out as i32),
-                    KArg::I32(inner as i32),
-                    KArg::I32(i32::from(y_f32)),
-                ],
-            );
+        if self.dtype == Dtype::Bf16
+            && self.mma_max_rows > 0
+            && let Some(p) = self.plan.as_ref()
+            && let Some(pick) = p.pick(rows, out, inner, self.fixed_rows > 0)
+        {
+            return match pick {
+                crate::tune::Pick::Mma(v) => {
+                    self.gemm_mma_with(v, w, x, y, rows, out, inner, y_f32)
+                }
+                crate::tune::Pick::Blas => self.gemm_blas_any(w, x, y, rows, out, inner, y_f32),
+            };
         }
+        if self.mma_takes(rows, out, inner) {
+            return self.gemm_mma(w, x, y, rows, out, inner, y_f32);
+        }
+        self.gemm_blas_any(w, x, y, rows, out, inner, y_f32)
+    }
+
+    /// Whether instance `v` of the tensor-core GEMM takes an `out × inner` weight.
+    pub fn mma_fits(&self, v: usize, out: usize, inner: usize) -> bool {
+        let (_, nw, u, rf) = crate::kernels::GEMM_MMA_VARIANTS[v];
+        self.dtype == Dtype::Bf16
+            && out.is_multiple_of(16 * rf)
+            && inner.is_multiple_of(nw * 32 * u)
+    }
+
+    /// Whether `gemm` sends this shape to the tensor-core skinny GEMM.
+    pub fn mma_takes(&self, rows: usize, out: usize, inner: usize) -> bool {
+        let (_, nw, u, rf) = crate::kernels::GEMM_MMA_VARIANTS[self.mma_variant];
+        self.dtype == Dtype::Bf16
+            && self.mma_max_rows > 0
+            && (self.fixed_rows > 0 || rows <= self.mma_max_rows)
+            && out.is_multiple_of(16 * rf)
+            && inner.is_multiple_of(nw * 32 * u)
+    }
+
+    /// The instance for `rows`: the tall one above `mma_tall_rows` where the shape fits it
+    /// (same warps as the small one, so the same bits).
+    fn mma_pick(&self, rows: usize, out: usize, inner: usize) -> usize {
+        let (_, nw, u, rf) = crate::kernels::GEMM_MMA_VARIANTS[self.mma_tall_variant];
+        let small_nw = crate::kernels::GEMM_MMA_VARIANTS[self.mma_variant].1;
+        if rows > self.mma_tall_rows
+            && nw == small_nw
+            && out.is_multiple_of(16 * rf)
+            && inner.is_multiple_of(nw * 32 * u)
+        {
+            self.mma_tall_variant
+        } else {
+            self.mma_variant
+        }
+    }
+
+    /// The tensor-core GEMM (bf16; shape as checked by [`Gpu::mma_takes`]).
+    #[allow(clippy::too_many_arguments)] // as `gemm`
+    pub fn gemm_mma(
+        &self,
+        w: u64,
+        x: u64,
+        y: u64,
+        rows: usize,
+        out: usize,
+        inner: usize,
+        y_f32: bool,
+    ) -> Result<()> {
+        self.gemm_mma_with(
+            self.mma_pick(rows, out, inner),
+            w,
+            x,
+            y,
+            rows,
+            out,
+            inner,
+            y_f32,
+        )
+    }
+
+    /// The tensor-core GEMM through instance `v` (which must fit the shape).
+    #[allow(clippy::too_many_arguments)] // as `gemm`, plus the instance
+    pub fn gemm_mma_with(
+        &self,
+        v: usize,
+        w: u64,
+        x: u64,
+        y: u64,
+        rows: usize,
+        out: usize,
+        inner: usize,
+        y_f32: bool,
+    ) -> Result<()> {
+        let (_, nw, _, rf) = crate::kernels::GEMM_MMA_VARIANTS[v];
+        let chunks = rows.div_ceil(crate::kernels::GEMM_MMA_TOKENS);
+        self.launch(
+            &self.k.gemm_mma[v],
+            (chunks as u32, (out / (16 * rf)) as u32, 1),
+            (nw * 32) as u32,
+            &[
+                KArg::U64(w),
+                KArg::U64(x),
+                KArg::U64(y),
+                KArg::I32(rows as i32),
+                KArg::I32(out as i32),
+                KArg::I32(inner as i32),
+                KArg::I32(i32::from(y_f32)),
+            ],
+        )
+    }
+
+    /// cuBLAS, in calls of `fixed_rows` rows when that is set.
+    #[allow(clippy::too_many_arguments)] // as `gemm`
+    pub fn gemm_blas_any(
+        &self,
+        w: u64,
+        x: u64,
+        y: u64,
+        rows: usize,
+        out: usize,
+        inner: usize,
+        y_f32: bool,
+    ) -> Result<()> {
         if self.fixed_rows > 0 {
             let f = self.fixed_rows;
             let (xe, ye) = (
@@ -313,6 +431,9 @@ impl Gpu {
         if grid.0 == 0 || grid.1 == 0 || grid.2 == 0 {
             return Ok(());
         }
+        if self.pdl {
+            return self.launch_pdl(f, grid, block, args);
+        }
         let mut b = self.stream.launch_builder(f);
         for a in args {
             match a {
@@ -330,6 +451,65 @@ impl Gpu {
         // SAFETY: argument lists match the kernel signatures in ferrite.cu (each call site
         // mirrors one signature) and pointers address live buffers sized for the launch.
         unsafe { b.launch(cfg) }?;
+        Ok(())
+    }
+
+    /// `launch` through `cuLaunchKernelEx` with programmatic stream serialization allowed.
+    fn launch_pdl(
+        &self,
+        f: &CudaFunction,
+        grid: (u32, u32, u32),
+        block: u32,
+        args: &[KArg],
+    ) -> Result<()> {
+        use cudarc::driver::sys as dsys;
+        // Each argument's bytes at a stable address for the kernel parameter array.
+        let mut vals: Vec<[u8; 8]> = args
+            .iter()
+            .map(|a| {
+                let mut v = [0u8; 8];
+                match a {
+                    KArg::U64(x) => v.copy_from_slice(&x.to_ne_bytes()),
+                    KArg::I64(x) => v.copy_from_slice(&x.to_ne_bytes()),
+                    KArg::I32(x) => v[..4].copy_from_slice(&x.to_ne_bytes()),
+                    KArg::F32(x) => v[..4].copy_from_slice(&x.to_ne_bytes()),
+                }
+                v
+            })
+            .collect();
+        let mut params: Vec<*mut std::ffi::c_void> = vals
+            .iter_mut()
+            .map(|v| v.as_mut_ptr().cast::<std::ffi::c_void>())
+            .collect();
+        // SAFETY: a zeroed attribute is a valid plain C struct; the union field set is the
+        // one the id names.
+        let mut attr: dsys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
+        attr.id = dsys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+        attr.value.programmaticStreamSerializationAllowed = 1;
+        let cfg = dsys::CUlaunchConfig {
+            gridDimX: grid.0,
+            gridDimY: grid.1,
+            gridDimZ: grid.2,
+            blockDimX: block,
+            blockDimY: 1,
+            blockDimZ: 1,
+            sharedMemBytes: 0,
+            hStream: self.stream.cu_stream(),
+            attrs: &mut attr,
+            numAttrs: 1,
+        };
+        // SAFETY: as `launch`: `params` points at one value per kernel parameter, in
+        // order, each 8 bytes (ints and floats in the low 4, as the driver reads them);
+        // `vals`, `attr` and `cfg` outlive the call, which copies them.
+        unsafe {
+            dsys::cuLaunchKernelEx(
+                &cfg,
+                f.cu_function(),
+                params.as_mut_ptr(),
+                std::ptr::null_mut(),
+            )
+        }
+        .result()?;
         Ok(())
     }
 

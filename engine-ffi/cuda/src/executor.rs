@@ -2,17 +2,16 @@
 //! step (cuBLAS GEMMs + NVRTC kernels), greedy sampling on the device.
 
 use crate::config::{CudaConfig, Dtype};
-use crate::device::{DevBuf, Gpu, KArg};
+use crate::device::{DevBuf, Gpu};
 use crate::error::{CudaError, Result};
 use crate::step::StepMeta;
 use crate::weights::{self, HostLayer, HostWeights};
-use ferrite_engine::{
-    Batch, BatchOutput, Executor, ExecutorInfo, KvCacheSpec, SeqInput, SeqOutput, sampler,
-};
+use ferrite_engine::{Batch, BatchOutput, Executor, ExecutorInfo, KvCacheSpec};
 use std::path::Path;
 
 mod forward;
 mod kv_copy;
+mod sample;
 
 /// Share of the card's memory not given to the KV cache when it is sized automatically.
 pub const KV_RESERVE_FRACTION: f64 = 0.1;
@@ -30,13 +29,14 @@ pub struct CudaOptions {
     pub device: usize,
     /// Element type; `None`: float32 checkpoints stay float32, others run in bf16.
     pub dtype: Option<Dtype>,
-    /// Steps of at most this many tokens (≤ 8) multiply through the `gemv_small` kernel
-    /// instead of cuBLAS (faster decode; a sequence's rounding then differs between steps
-    /// below and above the threshold). 0: cuBLAS always.
-    pub gemv_max_rows: usize,
-    /// Batch invariance: cuBLAS GEMMs run in calls of exactly [`INVARIANT_ROWS`] rows (the
-    /// last padded), so a sequence's results do not depend on what it is batched with.
-    /// Costs prefill speed (weights are re-read per 64 rows); see docs/benchmarks/cuda.md.
+    /// bf16 steps of at most this many tokens multiply through Ferrite's tensor-core skinny
+    /// GEMM (`kernels/gemm.cu`, weights streamed once per 64 tokens) instead of cuBLAS;
+    /// with [`CudaOptions::batch_invariant`] every step does. 0: cuBLAS always.
+    pub mma_max_rows: usize,
+    /// Batch invariance: a sequence's results do not depend on what it is batched with.
+    /// bf16 GEMMs all run through the skinny GEMM (whose per-token arithmetic ignores the
+    /// step's size) unless `mma_max_rows` is 0; other GEMMs run as cuBLAS calls of exactly
+    /// [`INVARIANT_ROWS`] rows (the last padded). See docs/benchmarks/cuda.md for the cost.
     pub batch_invariant: bool,
     /// Decode steps of at most [`GRAPH_MAX_ROWS`] sequences replay CUDA graphs captured per
     /// shape (rows rounded up to a power of two, context to a power of two of at least 1 024;
@@ -50,6 +50,15 @@ pub struct CudaOptions {
 /// (docs/benchmarks/cuda.md, v7).
 pub const GRAPH_MAX_ROWS: usize = 32;
 
+/// Default [`CudaOptions::mma_max_rows`].
+pub const MMA_MAX_ROWS: usize = 16;
+
+/// Tensor-core GEMM instances ([`crate::kernels::GEMM_MMA_VARIANTS`]): the one for steps
+/// of at most [`MMA_TALL_ROWS`] tokens, and the one for larger steps.
+pub const MMA_SMALL_VARIANT: usize = 0;
+pub const MMA_TALL_VARIANT: usize = 3;
+pub const MMA_TALL_ROWS: usize = 8;
+
 /// Activation rows per cuBLAS call when [`CudaOptions::batch_invariant`] is on.
 pub const INVARIANT_ROWS: usize = 64;
 
@@ -60,7 +69,7 @@ impl Default for CudaOptions {
             block_size: 16,
             device: 0,
             dtype: None,
-            gemv_max_rows: 0,
+            mma_max_rows: MMA_MAX_ROWS,
             batch_invariant: true,
             cuda_graphs: true,
         }
@@ -100,6 +109,14 @@ const PART_ACC: usize = 9;
 const PART_ML: usize = 10;
 const META: usize = 11;
 const TOKENS_OUT: usize = 12;
+/// Per-slice (value, index) partial argmaxes: [rows, ARGMAX_SLICES] f32 then i32.
+const ARGMAX_PART: usize = 13;
+
+/// Vocabulary slices of the first argmax stage (one block each per row).
+const ARGMAX_SLICES: usize = 64;
+/// Device sampling parameters: [rows, 5] f32 (temperature, top_k, top_p, min_p, u), then
+/// the rows' logits indices as i32.
+const SAMPLE_PRM: usize = 14;
 
 /// The CUDA transformer backend (Llama family).
 pub struct CudaExecutor {
@@ -195,6 +212,7 @@ impl CudaExecutor {
         if w.lm_head.is_none() {
             ex.lm_head = None;
         }
+        ex.tune_gemms()?;
         Ok(ex)
     }
 
@@ -202,7 +220,7 @@ impl CudaExecutor {
     /// ±0.02·√3 (std 0.02), norm weights in [0.9, 1.1].
     pub fn random(cfg: CudaConfig, seed: u64, opts: CudaOptions) -> Result<Self> {
         let dtype = opts.dtype.unwrap_or(Dtype::Bf16);
-        let ex = Self::allocate(cfg, dtype, opts)?;
+        let mut ex = Self::allocate(cfg, dtype, opts)?;
         let a = 0.02 * 3f32.sqrt();
         let eb = dtype.bytes();
         let mut k = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
@@ -224,13 +242,17 @@ impl CudaExecutor {
             fill(&l.w_down, -a, a)?;
         }
         ex.gpu.sync()?;
+        ex.tune_gemms()?;
         Ok(ex)
     }
 
     fn allocate(cfg: CudaConfig, dtype: Dtype, opts: CudaOptions) -> Result<Self> {
         cfg.validate()?;
         let mut gpu = Gpu::new(opts.device, dtype)?;
-        gpu.gemv_max_rows = opts.gemv_max_rows;
+        gpu.mma_max_rows = opts.mma_max_rows;
+        gpu.mma_variant = MMA_SMALL_VARIANT;
+        gpu.mma_tall_variant = MMA_TALL_VARIANT;
+        gpu.mma_tall_rows = MMA_TALL_ROWS;
         gpu.fixed_rows = if opts.batch_invariant {
             INVARIANT_ROWS
         } else {
@@ -325,11 +347,92 @@ impl CudaExecutor {
     /// Changes [`CudaOptions::batch_invariant`] of a built executor.
     pub fn set_batch_invariant(&mut self, on: bool) {
         self.gpu.fixed_rows = if on { INVARIANT_ROWS } else { 0 };
+        self.graphs.clear();
     }
 
-    /// Changes [`CudaOptions::gemv_max_rows`] of a built executor.
-    pub fn set_gemv_max_rows(&mut self, rows: usize) {
-        self.gpu.gemv_max_rows = rows;
+    /// Changes [`CudaOptions::mma_max_rows`] of a built executor.
+    pub fn set_mma_max_rows(&mut self, rows: usize) {
+        self.gpu.mma_max_rows = rows;
+        self.graphs.clear();
+    }
+
+    /// Picks the tensor-core GEMM instances ([`crate::kernels::GEMM_MMA_VARIANTS`]
+    /// indices): `small` for steps of at most `tall_rows` tokens, `tall` above.
+    pub fn set_mma_variants(&mut self, small: usize, tall: usize, tall_rows: usize) {
+        let last = crate::kernels::GEMM_MMA_VARIANTS.len() - 1;
+        self.gpu.mma_variant = small.min(last);
+        self.gpu.mma_tall_variant = tall.min(last);
+        self.gpu.mma_tall_rows = tall_rows;
+        self.gpu.plan = None;
+        self.graphs.clear();
+    }
+
+    /// Measures the GEMM picks for this model's weight shapes on this card ([`crate::tune`];
+    /// bf16 with the tensor-core GEMM on; about a second). Done at construction.
+    pub fn tune_gemms(&mut self) -> Result<()> {
+        if self.gpu.dtype != Dtype::Bf16 || self.gpu.mma_max_rows == 0 {
+            self.gpu.plan = None;
+            return Ok(());
+        }
+        let c = &self.cfg;
+        let copies =
+            |f: fn(&LayerBufs) -> u64| -> Vec<u64> { self.layers.iter().take(4).map(f).collect() };
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed).ptr;
+        let mut shapes = vec![
+            crate::tune::TuneShape {
+                out: c.qkv_dim(),
+                inner: c.hidden,
+                y_f32: false,
+                copies: copies(|l| l.wqkv.ptr),
+            },
+            crate::tune::TuneShape {
+                out: c.hidden,
+                inner: c.q_dim(),
+                y_f32: false,
+                copies: copies(|l| l.wo.ptr),
+            },
+            crate::tune::TuneShape {
+                out: 2 * c.intermediate,
+                inner: c.hidden,
+                y_f32: false,
+                copies: copies(|l| l.w_gate_up.ptr),
+            },
+            crate::tune::TuneShape {
+                out: c.hidden,
+                inner: c.intermediate,
+                y_f32: false,
+                copies: copies(|l| l.w_down.ptr),
+            },
+            crate::tune::TuneShape {
+                out: c.vocab,
+                inner: c.hidden,
+                y_f32: true,
+                copies: vec![head],
+            },
+        ];
+        let mut seen = std::collections::HashSet::new();
+        shapes.retain(|s| !s.copies.is_empty() && seen.insert((s.out, s.inner)));
+        let t = std::time::Instant::now();
+        let plan = crate::tune::tune(&mut self.gpu, &shapes)?;
+        tracing::info!(
+            ms = t.elapsed().as_millis() as u64,
+            "tuned GEMMs (rows:invariant/free pick per bucket)\n{}",
+            plan.describe()
+        );
+        self.gpu.plan = Some(plan);
+        self.graphs.clear();
+        Ok(())
+    }
+
+    /// The tuned GEMM picks, if any.
+    pub fn gemm_plan(&self) -> Option<&crate::tune::GemmPlan> {
+        self.gpu.plan.as_ref()
+    }
+
+    /// Turns programmatic dependent launch off or on (on by default on sm_90+).
+    pub fn set_pdl(&mut self, on: bool) {
+        self.gpu.pdl = on && self.gpu.ctx.compute_capability().is_ok_and(|c| c.0 >= 9);
+        self.graphs.clear();
     }
 
     pub fn config(&self) -> &CudaConfig {
@@ -402,7 +505,9 @@ impl CudaExecutor {
             p * c.heads * c.head_dim * 4,
             p * c.heads * 2 * 4,
             meta * 4,
-            r * 4,
+            r * 8,
+            r * ARGMAX_SLICES * 8,
+            r * 6 * 4,
         ];
         for b in sizes {
             let buf = self.gpu.alloc(b)?;
@@ -433,51 +538,6 @@ impl CudaExecutor {
     fn scratch_ptr(&self, i: usize) -> u64 {
         self.scratch.bufs.get(i).map_or(0, |b| b.ptr)
     }
-
-    fn sample(&mut self, batch: &Batch, m: &StepMeta) -> Result<Vec<SeqOutput>> {
-        let v = self.cfg.vocab;
-        let sampled: Vec<&SeqInput> = batch.seqs.iter().filter(|s| s.sample).collect();
-        if sampled.is_empty() {
-            return Ok(Vec::new());
-        }
-        let logits = self.scratch_ptr(LOGITS);
-        let out = self.scratch_ptr(TOKENS_OUT);
-        self.gpu.launch(
-            &self.gpu.k.argmax_rows,
-            (m.sampled as u32, 1, 1),
-            1024,
-            &[KArg::U64(logits), KArg::I32(v as i32), KArg::U64(out)],
-        )?;
-        let greedy: Vec<i32> = self.gpu.download(out, m.sampled)?;
-        let mut outputs = Vec::with_capacity(sampled.len());
-        for (i, s) in sampled.iter().enumerate() {
-            let (token, logprob) = if device_greedy(s) {
-                (greedy[i] as u32, None)
-            } else {
-                // Logprobs, penalties, bias, bans, processors or random sampling: this
-                // row's logits go to the shared CPU sampler.
-                let mut row: Vec<f32> = self.gpu.download(logits + (i * v * 4) as u64, v)?;
-                sampler::try_sample(&mut row, &s.sampling, s.next_position())
-                    .map_err(|e| CudaError::InvalidBatch(e.to_string()))?
-            };
-            outputs.push(SeqOutput {
-                request_id: s.request_id,
-                token,
-                logprob,
-            });
-        }
-        Ok(outputs)
-    }
-}
-
-/// True when the token is the plain argmax of the raw logits (the device's answer).
-fn device_greedy(s: &SeqInput) -> bool {
-    let p = &*s.sampling.params;
-    (p.is_greedy() || p.temperature < sampler::MIN_TEMPERATURE)
-        && p.logprobs.is_none()
-        && !p.needs_history()
-        && p.logit_bias.is_empty()
-        && s.sampling.banned.is_empty()
 }
 
 impl Executor for CudaExecutor {

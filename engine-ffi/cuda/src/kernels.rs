@@ -8,25 +8,46 @@ use cudarc::nvrtc::{CompileOptions, Ptx};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
-/// The kernels' CUDA C++ source (`src/kernels/ferrite.cu`).
-pub const SOURCE: &str = include_str!("kernels/ferrite.cu");
+/// The kernels' CUDA C++ source: `src/kernels/ferrite.cu`, then the tensor-core skinny
+/// GEMM of `src/kernels/gemm.cu`.
+pub const SOURCE: &str = concat!(
+    include_str!("kernels/ferrite.cu"),
+    include_str!("kernels/gemm.cu")
+);
 
 /// Every `extern "C"` kernel in [`SOURCE`].
-pub const KERNEL_NAMES: [&str; 10] = [
+pub const KERNEL_NAMES: [&str; 11] = [
     "embed",
     "add_rmsnorm",
     "rope_cache",
     "attn_partial",
     "attn_combine",
     "swiglu",
+    "argmax_part",
     "argmax_rows",
+    "sample_rows",
     "fill_uniform",
-    "gemv_small",
     "kv_blocks_copy",
 ];
 
-/// Most activation rows `gemv_small` takes (`GEMV_MAX_T` in the source).
-pub const GEMV_MAX_T: usize = 8;
+/// The instances of the tensor-core GEMM (`gemm.cu`): (name, warps splitting k, 32-wide k
+/// slabs per loop trip, 16-row fragments per warp). `inner` must be a multiple of warps ×
+/// 32 × slabs and `out` of 16 × fragments. Instances with the same warps give bitwise the
+/// same results.
+pub const GEMM_MMA_VARIANTS: [(&str, usize, usize, usize); 5] = [
+    ("gemm_mma_w8u4", 8, 4, 1),
+    ("gemm_mma_w8u4h", 8, 4, 1),
+    ("gemm_mma_w8u2", 8, 2, 1),
+    ("gemm_mma_w8u2r4", 8, 2, 4),
+    ("gemm_mma_w8u2r4h", 8, 2, 4),
+];
+
+/// Tokens per block of the skinny GEMM (`MMA_TOK`): larger steps use more blocks, each
+/// reading the same weight tile (from L2 when they run together).
+pub const GEMM_MMA_TOKENS: usize = 64;
+
+/// Threads of a `sample_rows` block (`SAMPLE_THREADS`).
+pub const SAMPLE_THREADS: u32 = 1024;
 
 /// Threads of an attention block (`ATTN_WARPS` × 32 in the source).
 pub const ATTN_THREADS: u32 = 256;
@@ -102,10 +123,13 @@ pub struct Kernels {
     pub attn_partial: CudaFunction,
     pub attn_combine: CudaFunction,
     pub swiglu: CudaFunction,
+    pub argmax_part: CudaFunction,
     pub argmax_rows: CudaFunction,
+    pub sample_rows: CudaFunction,
     pub fill_uniform: CudaFunction,
-    pub gemv_small: CudaFunction,
     pub kv_blocks_copy: CudaFunction,
+    /// The [`GEMM_MMA_VARIANTS`] in order (bf16 only: empty bodies for float32).
+    pub gemm_mma: Vec<CudaFunction>,
 }
 
 impl Kernels {
@@ -121,10 +145,15 @@ impl Kernels {
             attn_partial: f("attn_partial")?,
             attn_combine: f("attn_combine")?,
             swiglu: f("swiglu")?,
+            argmax_part: f("argmax_part")?,
             argmax_rows: f("argmax_rows")?,
+            sample_rows: f("sample_rows")?,
             fill_uniform: f("fill_uniform")?,
-            gemv_small: f("gemv_small")?,
             kv_blocks_copy: f("kv_blocks_copy")?,
+            gemm_mma: GEMM_MMA_VARIANTS
+                .iter()
+                .map(|(n, _, _, _)| f(n))
+                .collect::<Result<_>>()?,
         })
     }
 }
@@ -153,7 +182,12 @@ mod tests {
             crate::config::ATTN_SPLITS
         )));
         assert!(SOURCE.contains(&format!("#define KC {}", crate::config::ATTN_CHUNK)));
-        assert!(SOURCE.contains(&format!("#define GEMV_MAX_T {GEMV_MAX_T}")));
+        assert!(SOURCE.contains(&format!("#define SAMPLE_THREADS {SAMPLE_THREADS}")));
+        assert!(SOURCE.contains(&format!("#define MMA_TOK {GEMM_MMA_TOKENS}")));
+        for (name, nw, u, rf) in GEMM_MMA_VARIANTS {
+            let inst = format!("GEMM_MMA({name}, {nw}, {u}, {rf}, ");
+            assert_eq!(SOURCE.matches(&inst).count(), 1, "{inst}");
+        }
     }
 
     #[test]
@@ -170,7 +204,8 @@ mod tests {
     fn both_variants_compile_with_nvrtc() {
         for dt in [Dtype::F32, Dtype::Bf16] {
             let ptx = compile(dt, "compute_90").expect("compile").to_src();
-            for name in KERNEL_NAMES {
+            let mma = GEMM_MMA_VARIANTS.map(|v| v.0);
+            for name in KERNEL_NAMES.iter().chain(&mma) {
                 assert!(
                     ptx.contains(&format!(".entry {name}(")),
                     "{name} missing in PTX"

@@ -14,11 +14,12 @@ pub mod reference;
 pub mod step;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod tune;
 pub mod weights;
 
 pub use config::{CudaConfig, Dtype};
 pub use device::probe;
 pub use error::{CudaError, Result};
 pub use executor::{
-    CudaExecutor, CudaOptions, GRAPH_MAX_ROWS, INVARIANT_ROWS, KV_RESERVE_FRACTION,
+    CudaExecutor, CudaOptions, GRAPH_MAX_ROWS, INVARIANT_ROWS, KV_RESERVE_FRACTION, MMA_MAX_ROWS,
 };

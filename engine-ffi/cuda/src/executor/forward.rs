@@ -103,8 +103,8 @@ impl CudaExecutor {
             )?;
             g.launch(
                 &g.k.rope_cache,
-                (t, 1, 1),
-                256,
+                (t, (c.heads + c.kv_heads) as u32, 1),
+                (c.head_dim / 2) as u32,
                 &[
                     KArg::U64(b(QKV)),
                     KArg::U64(self.inv_freq.ptr),

@@ -18,7 +18,46 @@ __device__ __forceinline__ float to_f(elem x) { return x; }
 __device__ __forceinline__ elem from_f(float x) { return x; }
 #endif
 
+// Programmatic dependent launch (sm_90+; every kernel is launched with the attribute): a
+// kernel may start while the previous one of the stream still runs. pdl_wait() blocks
+// until that kernel has finished and its writes are visible; pdl_trigger() lets the next
+// kernel launch. Every kernel waits before touching memory that kernels write (weights may
+// be read before), then triggers, so at most one kernel runs ahead.
+__device__ __forceinline__ void pdl_wait() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_trigger() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+#define PDL_BEGIN() \
+    do {            \
+        pdl_wait(); \
+        pdl_trigger(); \
+    } while (0)
+
 #define FINF __int_as_float(0x7f800000)
+
+// Elements per 16-byte load, and a 16-byte load's elements as floats.
+#define VEC (16 / (int)sizeof(elem))
+__device__ __forceinline__ void unpack(uint4 v, float* f) {
+#ifdef ELEM_BF16
+    unsigned u[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        f[2 * i] = __uint_as_float(u[i] << 16);
+        f[2 * i + 1] = __uint_as_float(u[i] & 0xffff0000u);
+    }
+#else
+    f[0] = __uint_as_float(v.x);
+    f[1] = __uint_as_float(v.y);
+    f[2] = __uint_as_float(v.z);
+    f[3] = __uint_as_float(v.w);
+#endif
+}
 #define ATTN_WARPS 8
 
 __device__ __forceinline__ float warp_sum(float v) {
@@ -45,68 +84,98 @@ extern "C" {
 // x[t, :] = table[tokens[t], :] (float32 residual stream). grid = T.
 __global__ void embed(const int* __restrict__ tokens, const elem* __restrict__ table,
                       float* __restrict__ x, int hidden) {
+    PDL_BEGIN();
     long t = blockIdx.x;
     const elem* row = table + (long)tokens[t] * hidden;
     for (int i = threadIdx.x; i < hidden; i += blockDim.x) x[t * hidden + i] = to_f(row[i]);
 }
 
 // Optionally x += delta (row `r`), then out[b] = rmsnorm(x[r]) * w. r = rows ? rows[b] : b.
-// grid = number of output rows.
+// grid = number of output rows; a thread keeps up to NORM_REG of its values in registers.
+#define NORM_REG 8
 __global__ void add_rmsnorm(float* __restrict__ x, const elem* __restrict__ delta,
                             const int* __restrict__ rows, const elem* __restrict__ w,
                             elem* __restrict__ out, int hidden, float eps) {
+    int bd = blockDim.x, tid = threadIdx.x;
+    float wv[NORM_REG], v[NORM_REG];
+#pragma unroll
+    for (int j = 0; j < NORM_REG; j++) {
+        int i = tid + j * bd;
+        wv[j] = i < hidden ? to_f(w[i]) : 0.f;  // weights: before waiting (PDL)
+    }
+    PDL_BEGIN();
     long b = blockIdx.x;
     long r = rows ? rows[b] : b;
     float* xr = x + r * hidden;
+    const elem* dr = delta ? delta + r * hidden : nullptr;
     float ss = 0.f;
-    for (int i = threadIdx.x; i < hidden; i += blockDim.x) {
-        float v = xr[i];
-        if (delta) {
-            v += to_f(delta[r * hidden + i]);
-            xr[i] = v;
+#pragma unroll
+    for (int j = 0; j < NORM_REG; j++) {
+        int i = tid + j * bd;
+        v[j] = 0.f;
+        if (i < hidden) {
+            v[j] = xr[i];
+            if (dr) {
+                v[j] += to_f(dr[i]);
+                xr[i] = v[j];
+            }
+            ss += v[j] * v[j];
         }
-        ss += v * v;
+    }
+    for (int i = tid + NORM_REG * bd; i < hidden; i += bd) {
+        float u = xr[i];
+        if (dr) {
+            u += to_f(dr[i]);
+            xr[i] = u;
+        }
+        ss += u * u;
     }
     ss = block_sum(ss);
     float inv = rsqrtf(ss / (float)hidden + eps);
-    for (int i = threadIdx.x; i < hidden; i += blockDim.x)
-        out[b * hidden + i] = from_f(xr[i] * inv * to_f(w[i]));
+    elem* orow = out + b * hidden;
+#pragma unroll
+    for (int j = 0; j < NORM_REG; j++) {
+        int i = tid + j * bd;
+        if (i < hidden) orow[i] = from_f(v[j] * inv * wv[j]);
+    }
+    for (int i = tid + NORM_REG * bd; i < hidden; i += bd)
+        orow[i] = from_f(xr[i] * inv * to_f(w[i]));
 }
 
 // Rotary embeddings on q (in place) and k, then k and v written to the paged cache at
-// slots[t]. qkv rows are [q heads | k heads | v heads] of head_dim each. grid = T.
+// slots[t]. qkv rows are [q heads | k heads | v heads] of head_dim each.
+// grid = (T, heads + kv_heads), hd / 2 threads: block (t, h) rotates head h of token t (one
+// pair per thread); a kv head's block also copies that head's v.
 __global__ void rope_cache(elem* __restrict__ qkv, const float* __restrict__ inv_freq,
                            const int* __restrict__ pos, const int* __restrict__ slots,
                            elem* __restrict__ kc, elem* __restrict__ vc, int heads,
                            int kv_heads, int hd, int interleaved) {
+    PDL_BEGIN();
     long t = blockIdx.x;
-    int half = hd / 2;
+    int h = blockIdx.y, j = threadIdx.x, half = hd / 2;
     int qkv_w = (heads + 2 * kv_heads) * hd;
     elem* row = qkv + t * qkv_w;
     long slot = slots[t];
-    float p = (float)pos[t];
-    int pairs = (heads + kv_heads) * half;
-    for (int i = threadIdx.x; i < pairs; i += blockDim.x) {
-        int h = i / half, j = i % half;
-        int a = interleaved ? 2 * j : j;
-        int b = interleaved ? 2 * j + 1 : j + half;
-        float s, c;
-        sincosf(p * inv_freq[j], &s, &c);
-        elem* hp = row + h * hd;
-        float x0 = to_f(hp[a]), x1 = to_f(hp[b]);
-        elem r0 = from_f(x0 * c - x1 * s), r1 = from_f(x1 * c + x0 * s);
-        if (h < heads) {
-            hp[a] = r0;
-            hp[b] = r1;
-        } else {
-            elem* kp = kc + (slot * kv_heads + (h - heads)) * hd;
-            kp[a] = r0;
-            kp[b] = r1;
-        }
+    int a = interleaved ? 2 * j : j;
+    int b = interleaved ? 2 * j + 1 : j + half;
+    float s, c;
+    sincosf((float)pos[t] * inv_freq[j], &s, &c);
+    elem* hp = row + h * hd;
+    float x0 = to_f(hp[a]), x1 = to_f(hp[b]);
+    elem r0 = from_f(x0 * c - x1 * s), r1 = from_f(x1 * c + x0 * s);
+    if (h < heads) {
+        hp[a] = r0;
+        hp[b] = r1;
+    } else {
+        int kh = h - heads;
+        elem* kp = kc + (slot * kv_heads + kh) * hd;
+        kp[a] = r0;
+        kp[b] = r1;
+        const elem* v = row + (heads + kv_heads + kh) * hd;
+        elem* vp = vc + (slot * kv_heads + kh) * hd;
+        vp[j] = v[j];
+        vp[j + half] = v[j + half];
     }
-    const elem* v = row + (heads + kv_heads) * hd;
-    elem* vp = vc + slot * kv_heads * hd;
-    for (int i = threadIdx.x; i < kv_heads * hd; i += blockDim.x) vp[i] = v[i];
 }
 
 // Paged attention over query tiles: grid = (tiles, kv_heads, max_splits), ATTN_WARPS
@@ -146,6 +215,7 @@ attn_partial(const elem* __restrict__ qkv, const elem* __restrict__ kc,
              const int* __restrict__ part_off, const int* __restrict__ tiles,
              float* __restrict__ part_acc, float* __restrict__ part_ml, int heads,
              int kv_heads, int hd, int block_size, float scale, int tile_align) {
+    PDL_BEGIN();
     __shared__ float qs[TILE_ROWS][HDMAX];
     __shared__ float ks[KC][HDMAX + 1];
     __shared__ float vs[KC][HDMAX];
@@ -180,18 +250,42 @@ attn_partial(const elem* __restrict__ qkv, const elem* __restrict__ kc,
     int half = lane >> 4, kj = lane & 15, hh = hd / 2;
     for (int c0 = kbeg; c0 < kend; c0 += KC) {
         __syncthreads();
-        for (int i = threadIdx.x; i < KC * hd; i += blockDim.x) {
-            int j = i / hd, d = i % hd;
-            int key = c0 + j;
-            float kx = 0.f, vx = 0.f;
-            if (key < kend) {
-                long slot = (long)bt[key / block_size] * block_size + key % block_size;
-                long off = (slot * kv_heads + kvh) * hd + d;
-                kx = to_f(kc[off]);
-                vx = to_f(vc[off]);
+        if (hd % VEC == 0) {
+            // 16-byte loads: one per thread for head_dim 128 in bf16.
+            int per = hd / VEC;
+            for (int i = threadIdx.x; i < KC * per; i += blockDim.x) {
+                int j = i / per, d = (i % per) * VEC;
+                int key = c0 + j;
+                float kx[VEC], vx[VEC];
+                if (key < kend) {
+                    long slot = (long)bt[key / block_size] * block_size + key % block_size;
+                    long off = (slot * kv_heads + kvh) * hd + d;
+                    unpack(*(const uint4*)(kc + off), kx);
+                    unpack(*(const uint4*)(vc + off), vx);
+                } else {
+#pragma unroll
+                    for (int e = 0; e < VEC; e++) kx[e] = vx[e] = 0.f;
+                }
+#pragma unroll
+                for (int e = 0; e < VEC; e++) {
+                    ks[j][d + e] = kx[e];
+                    vs[j][d + e] = vx[e];
+                }
             }
-            ks[j][d] = kx;
-            vs[j][d] = vx;
+        } else {
+            for (int i = threadIdx.x; i < KC * hd; i += blockDim.x) {
+                int j = i / hd, d = i % hd;
+                int key = c0 + j;
+                float kx = 0.f, vx = 0.f;
+                if (key < kend) {
+                    long slot = (long)bt[key / block_size] * block_size + key % block_size;
+                    long off = (slot * kv_heads + kvh) * hd + d;
+                    kx = to_f(kc[off]);
+                    vx = to_f(vc[off]);
+                }
+                ks[j][d] = kx;
+                vs[j][d] = vx;
+            }
         }
         __syncthreads();
         int key = c0 + kj;
@@ -257,24 +351,33 @@ __global__ void attn_combine(const float* __restrict__ part_acc,
                              const float* __restrict__ part_ml, const int* __restrict__ pos,
                              const int* __restrict__ part_off, elem* __restrict__ out,
                              int heads, int hd, int tile_align) {
+    PDL_BEGIN();
     int t = blockIdx.x, h = blockIdx.y;
     int split_len = split_len_of(pos[t] | (tile_align - 1));
     int nsplit = (pos[t] + split_len) / split_len;
     long base = part_off[t];
+    // At most ATTN_SPLITS splits (split_len_of): all loads issued at once, sums in split order.
+    float mz[ATTN_SPLITS], ez[ATTN_SPLITS];
     float M = -FINF;
-    for (int z = 0; z < nsplit; z++) M = fmaxf(M, part_ml[((base + z) * heads + h) * 2]);
+#pragma unroll
+    for (int z = 0; z < ATTN_SPLITS; z++) {
+        mz[z] = z < nsplit ? part_ml[((base + z) * heads + h) * 2] : -FINF;
+        M = fmaxf(M, mz[z]);
+    }
     float L = 0.f;
-    for (int z = 0; z < nsplit; z++) {
-        long p = (base + z) * heads + h;
-        L += part_ml[p * 2 + 1] * expf(part_ml[p * 2] - M);
+#pragma unroll
+    for (int z = 0; z < ATTN_SPLITS; z++) {
+        if (z < nsplit) {
+            ez[z] = expf(mz[z] - M);
+            L += part_ml[((base + z) * heads + h) * 2 + 1] * ez[z];
+        }
     }
     float invl = 1.f / L;
     for (int d = threadIdx.x; d < hd; d += blockDim.x) {
         float a = 0.f;
-        for (int z = 0; z < nsplit; z++) {
-            long p = (base + z) * heads + h;
-            a += part_acc[p * hd + d] * expf(part_ml[p * 2] - M);
-        }
+#pragma unroll
+        for (int z = 0; z < ATTN_SPLITS; z++)
+            if (z < nsplit) a += part_acc[((base + z) * heads + h) * hd + d] * ez[z];
         out[(long)t * heads * hd + h * hd + d] = from_f(a * invl);
     }
 }
@@ -282,6 +385,7 @@ __global__ void attn_combine(const float* __restrict__ part_acc,
 // out[t, i] = silu(gu[t, i]) * gu[t, inter + i].
 __global__ void swiglu(const elem* __restrict__ gu, elem* __restrict__ out, int rows,
                        int inter) {
+    PDL_BEGIN();
     long n = (long)rows * inter;
     for (long k = blockIdx.x * (long)blockDim.x + threadIdx.x; k < n;
          k += (long)gridDim.x * blockDim.x) {
@@ -292,26 +396,21 @@ __global__ void swiglu(const elem* __restrict__ gu, elem* __restrict__ out, int 
     }
 }
 
-// Greedy token of each logits row (ties go to the lowest id). grid = rows, 1024 threads.
-__global__ void argmax_rows(const float* __restrict__ logits, int vocab, int* __restrict__ out) {
-    const float* row = logits + (long)blockIdx.x * vocab;
-    float best = -FINF;
-    int bi = 0x7fffffff;
-    for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
-        float v = row[i];
-        if (v > best || (v == best && i < bi)) {  // NaN never wins
-            best = v;
-            bi = i;
-        }
+// (value, index) of the larger; ties go to the lower index, NaN never wins.
+__device__ __forceinline__ void arg_better(float& best, int& bi, float v, int i) {
+    if (v > best || (v == best && i < bi)) {
+        best = v;
+        bi = i;
     }
+}
+
+// Block-wide argmax of (best, bi); thread 0 gets the result.
+__device__ void block_argmax(float& best, int& bi) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) {
         float ob = __shfl_xor_sync(0xffffffffu, best, o);
         int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-        if (ob > best || (ob == best && oi < bi)) {
-            best = ob;
-            bi = oi;
-        }
+        arg_better(best, bi, ob, oi);
     }
     __shared__ float sb[32];
     __shared__ int si[32];
@@ -323,12 +422,188 @@ __global__ void argmax_rows(const float* __restrict__ logits, int vocab, int* __
     __syncthreads();
     if (threadIdx.x == 0) {
         int nw = (blockDim.x + 31) >> 5;
-        for (int k = 1; k < nw; k++)
-            if (sb[k] > best || (sb[k] == best && si[k] < bi)) {
-                best = sb[k];
-                bi = si[k];
+        for (int k = 1; k < nw; k++) arg_better(best, bi, sb[k], si[k]);
+    }
+}
+
+// Greedy token of each logits row, stage 1: block (row, c) reduces its slice of the
+// vocabulary to part[row * gridDim.y + c] (value, index). grid = (rows, slices).
+__global__ void argmax_part(const float* __restrict__ logits, int vocab,
+                            float* __restrict__ part_v, int* __restrict__ part_i) {
+    PDL_BEGIN();
+    int per = (vocab + gridDim.y - 1) / gridDim.y;
+    int lo = blockIdx.y * per, hi = min(vocab, lo + per);
+    const float* row = logits + (long)blockIdx.x * vocab;
+    float best = -FINF;
+    int bi = 0x7fffffff;
+    for (int i = lo + threadIdx.x; i < hi; i += blockDim.x) arg_better(best, bi, row[i], i);
+    block_argmax(best, bi);
+    if (threadIdx.x == 0) {
+        long p = (long)blockIdx.x * gridDim.y + blockIdx.y;
+        part_v[p] = best;
+        part_i[p] = bi;
+    }
+}
+
+// Stage 2: out[row] = the best of the row's `slices` parts (0 if all were NaN). grid = rows.
+__global__ void argmax_rows(const float* __restrict__ part_v, const int* __restrict__ part_i,
+                            int slices, int* __restrict__ out) {
+    PDL_BEGIN();
+    float best = -FINF;
+    int bi = 0x7fffffff;
+    long base = (long)blockIdx.x * slices;
+    for (int k = threadIdx.x; k < slices; k += blockDim.x)
+        arg_better(best, bi, part_v[base + k], part_i[base + k]);
+    block_argmax(best, bi);
+    if (threadIdx.x == 0) out[blockIdx.x] = bi == 0x7fffffff ? 0 : bi;
+}
+
+// ---- Random sampling on the device (the CPU sampler's semantics: temperature, top-k, top-p
+// over the top-k set, min-p, inverse CDF at u; sampler.rs). Weights are exp(l - max) in
+// 2^-40 fixed point, so every sum is an integer sum: the draw is deterministic given the
+// logits and u (tokens 2^-40 less likely than the best are never drawn).
+#define SAMPLE_THREADS 1024
+#define WFIX 1099511627776.0f
+
+__device__ __forceinline__ unsigned ord_key(float f) {
+    unsigned u = __float_as_uint(f);
+    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+__device__ __forceinline__ unsigned long long wfix(float l, float m) {
+    return l == -FINF ? 0ull : (unsigned long long)(expf(l - m) * WFIX);
+}
+
+// Sum over the block; every thread gets it.
+__device__ unsigned long long block_sum_u64(unsigned long long v) {
+    __shared__ unsigned long long red64[32];
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    __syncthreads();
+    if (lane == 0) red64[w] = v;
+    __syncthreads();
+    int nw = (blockDim.x + 31) >> 5;
+    unsigned long long t = lane < nw ? red64[lane] : 0ull;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) t += __shfl_xor_sync(0xffffffffu, t, o);
+    return t;
+}
+
+// Tempered logit i of the row (NaN -> -inf).
+__device__ __forceinline__ float tempered(const float* row, int i, float inv_t) {
+    float l = row[i] * inv_t;
+    return l != l ? -FINF : l;
+}
+
+// The largest key k such that the elements of key >= k (and >= floor) weigh at least
+// `need` (count, or fixed-point mass when use_mass); 0 when none does. 32 bisection steps.
+__device__ unsigned weight_select(const float* row, int lo, int hi, float inv_t, float m,
+                                  unsigned floor_key, int use_mass, unsigned long long need) {
+    unsigned a = 0, b = 0xffffffffu;
+    while (a < b) {
+        unsigned mid = a + (unsigned)(((unsigned long long)b - a + 1) / 2);
+        unsigned long long s = 0;
+        for (int i = lo; i < hi; i++) {
+            float l = tempered(row, i, inv_t);
+            unsigned k = ord_key(l);
+            if (k >= mid && k >= floor_key) s += use_mass ? wfix(l, m) : 1ull;
+        }
+        s = block_sum_u64(s);
+        if (s >= need)
+            a = mid;
+        else
+            b = mid - 1;
+    }
+    return a;
+}
+
+// grid = rows to draw, SAMPLE_THREADS threads: block b draws from logits row rows[b] with
+// prm[5b..5b+5] = (temperature, top_k, top_p, min_p, u) into out[b].
+__global__ void __launch_bounds__(SAMPLE_THREADS)
+sample_rows(const float* __restrict__ logits, int vocab, const int* __restrict__ rows,
+            const float* __restrict__ prm, int* __restrict__ out) {
+    PDL_BEGIN();
+    int b = blockIdx.x;
+    const float* row = logits + (long)rows[b] * vocab;
+    const float* q = prm + 5L * b;
+    float inv_t = 1.f / q[0], top_p = q[2], min_p = q[3], u = q[4];
+    int top_k = (int)q[1];
+    int per = (vocab + blockDim.x - 1) / blockDim.x;
+    int lo = min(vocab, (int)threadIdx.x * per), hi = min(vocab, lo + per);
+    float m = -FINF;
+    int bi = 0x7fffffff;
+    for (int i = lo; i < hi; i++) arg_better(m, bi, tempered(row, i, inv_t), i);
+    block_argmax(m, bi);
+    __shared__ float sh_m;
+    __shared__ int sh_bi;
+    if (threadIdx.x == 0) {
+        sh_m = m;
+        sh_bi = bi == 0x7fffffff ? 0 : bi;
+    }
+    __syncthreads();
+    m = sh_m;
+    if (!(fabsf(m) < FINF)) {  // no finite best: greedy, as the CPU sampler
+        if (threadIdx.x == 0) out[b] = sh_bi;
+        return;
+    }
+    unsigned keep = 0;
+    if (top_k > 0 && top_k < vocab)
+        keep = weight_select(row, lo, hi, inv_t, m, 0, 0, (unsigned long long)top_k);
+    if (top_p < 1.f) {
+        unsigned long long z = 0;
+        for (int i = lo; i < hi; i++) {
+            float l = tempered(row, i, inv_t);
+            if (ord_key(l) >= keep) z += wfix(l, m);
+        }
+        z = block_sum_u64(z);
+        unsigned long long need = top_p > 0.f ? (unsigned long long)((double)top_p * (double)z) : 0ull;
+        keep = max(keep, weight_select(row, lo, hi, inv_t, m, keep, 1, max(need, 1ull)));
+    }
+    if (min_p > 0.f) keep = max(keep, ord_key(m + logf(min_p)));
+    // Inverse CDF in token order: this thread's share, an exclusive scan, then one walk.
+    unsigned long long mine = 0;
+    for (int i = lo; i < hi; i++) {
+        float l = tempered(row, i, inv_t);
+        if (ord_key(l) >= keep) mine += wfix(l, m);
+    }
+    __shared__ unsigned long long warp_tot[32];
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+    unsigned long long incl = mine;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+        unsigned long long n = __shfl_up_sync(0xffffffffu, incl, o);
+        if (lane >= o) incl += n;
+    }
+    if (lane == 31) warp_tot[w] = incl;
+    __syncthreads();
+    unsigned long long before = 0, total = 0;
+    int nw = (blockDim.x + 31) >> 5;
+    for (int k = 0; k < nw; k++) {
+        if (k < w) before += warp_tot[k];
+        total += warp_tot[k];
+    }
+    before += incl - mine;
+    if (total == 0) {  // min-p above 1 kept nothing: the best token
+        if (threadIdx.x == 0) out[b] = sh_bi;
+        return;
+    }
+    unsigned long long target = (unsigned long long)((double)u * (double)total);
+    if (target >= total) target = total - 1;
+    if (mine > 0 && target >= before && target < before + mine) {
+        unsigned long long acc = before;
+        int pick = -1;
+        for (int i = lo; i < hi; i++) {
+            float l = tempered(row, i, inv_t);
+            if (ord_key(l) >= keep) {
+                acc += wfix(l, m);
+                if (acc > target) {
+                    pick = i;
+                    break;
+                }
             }
-        out[blockIdx.x] = bi == 0x7fffffff ? 0 : bi;
+        }
+        out[b] = pick >= 0 ? pick : sh_bi;
     }
 }
 
@@ -336,6 +611,7 @@ __global__ void argmax_rows(const float* __restrict__ logits, int vocab, int* __
 // the device for benchmarks.
 __global__ void fill_uniform(elem* __restrict__ p, long n, unsigned long long seed, float lo,
                              float hi) {
+    PDL_BEGIN();
     for (long k = blockIdx.x * (long)blockDim.x + threadIdx.x; k < n;
          k += (long)gridDim.x * blockDim.x) {
         unsigned long long z = seed + (unsigned long long)k * 0x9E3779B97F4A7C15ull;
@@ -347,68 +623,6 @@ __global__ void fill_uniform(elem* __restrict__ p, long n, unsigned long long se
     }
 }
 
-// Skinny GEMM for decode steps: y[t, r] = Σ_k x[t, k] · w[r, k] for T <= GEMV_MAX_T rows
-// of x, one warp per output row r, 16-byte loads of w (read once for all T rows). The
-// reduction order of an element does not depend on T. Needs inner % (16/sizeof(elem)) == 0.
-// grid = ceil(out / 8), 256 threads. y is float32 when y_f32, else elem.
-#define GEMV_MAX_T 8
-#define VEC (16 / (int)sizeof(elem))
-
-__device__ __forceinline__ void unpack(uint4 v, float* f) {
-#ifdef ELEM_BF16
-    unsigned u[4] = {v.x, v.y, v.z, v.w};
-#pragma unroll
-    for (int i = 0; i < 4; i++) {
-        f[2 * i] = __uint_as_float(u[i] << 16);
-        f[2 * i + 1] = __uint_as_float(u[i] & 0xffff0000u);
-    }
-#else
-    f[0] = __uint_as_float(v.x);
-    f[1] = __uint_as_float(v.y);
-    f[2] = __uint_as_float(v.z);
-    f[3] = __uint_as_float(v.w);
-#endif
-}
-
-__global__ void __launch_bounds__(256)
-gemv_small(const elem* __restrict__ w, const elem* __restrict__ x, void* __restrict__ y,
-           int T, int out, int inner, int y_f32) {
-    int r = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
-    int lane = threadIdx.x & 31;
-    if (r >= out) return;
-    const uint4* wr = (const uint4*)(w + (long)r * inner);
-    int nv = inner / VEC;
-    float acc[GEMV_MAX_T];
-#pragma unroll
-    for (int t = 0; t < GEMV_MAX_T; t++) acc[t] = 0.f;
-#pragma unroll 4
-    for (int v = lane; v < nv; v += 32) {
-        float wf[VEC];
-        unpack(__ldg(wr + v), wf);
-#pragma unroll
-        for (int t = 0; t < GEMV_MAX_T; t++) {
-            if (t < T) {
-                float xf[VEC];
-                unpack(__ldg((const uint4*)(x + (long)t * inner) + v), xf);
-#pragma unroll
-                for (int i = 0; i < VEC; i++) acc[t] += wf[i] * xf[i];
-            }
-        }
-    }
-#pragma unroll
-    for (int t = 0; t < GEMV_MAX_T; t++) {
-        if (t < T) {
-            float a = warp_sum(acc[t]);
-            if (lane == 0) {
-                if (y_f32)
-                    ((float*)y)[(long)t * out + r] = a;
-                else
-                    ((elem*)y)[(long)t * out + r] = from_f(a);
-            }
-        }
-    }
-}
-
 // KV block copies through one contiguous staging buffer (offload tiers, KV transfer):
 // staging holds, per listed block, for each layer its K rows then its V rows (`per` bytes
 // each, a multiple of 16). caches[2*l] / caches[2*l+1] are layer l's K / V cache.
@@ -416,6 +630,7 @@ gemv_small(const elem* __restrict__ w, const elem* __restrict__ x, void* __restr
 __global__ void kv_blocks_copy(const unsigned long long* __restrict__ caches,
                                const int* __restrict__ blocks, unsigned char* __restrict__ staging,
                                long per, int to_staging) {
+    PDL_BEGIN();
     int i = blockIdx.x, c = blockIdx.y;
     uint4* cache = (uint4*)(caches[c] + (unsigned long long)blocks[i] * per);
     uint4* st = (uint4*)(staging + ((long)i * gridDim.y + c) * per);

@@ -4,7 +4,12 @@
 //!
 //! Usage: cuda_bench TOKENIZER_JSON [decode] [prefill] [serve:ISL:OSL:N]...
 //!   invariant:0|1     batch-invariant fixed-row GEMMs off/on (default on)
-//!   gemv:N            use the gemv_small kernel for steps of <= N tokens (0: cuBLAS)
+//!   mma:N             steps of <= N tokens use the tensor-core skinny GEMM (0: cuBLAS only)
+//!   mmav:S:T:R        tensor-core GEMM instances (kernels::GEMM_MMA_VARIANTS indices): S up
+//!                     to R tokens, T above
+//!   pdl:0|1           programmatic dependent launch off/on (default on)
+//!   tune              re-tune the GEMM picks and print them (they are tuned at start-up)
+//!   gemm              GEMM micro-benchmark: cuBLAS vs skinny GEMM on the decode shapes
 //!   graphs:0|1        CUDA graphs for decode steps off/on (default on)
 //!   step:N            a 128-token prefill and N decode steps with the current settings (for ncu)
 //!   decode            batch-1, invariant GEMMs on/off x CUDA graphs on/off: 128-token prompt, 256 decode steps; inter-token latency
@@ -21,6 +26,8 @@ use ferrite_protocol::{
     BlockId, DpRank, PreprocessedRequest, RequestId, SamplingParams, StopConditions,
 };
 use std::time::Instant;
+
+mod gemm;
 
 const TEXT: &str = "In the beginning of the long winter the village gathered around the fire \
 and told stories of travellers who had crossed the mountains, of rivers that changed their course, \
@@ -212,9 +219,9 @@ fn label(invariant: bool, graphs: bool) -> String {
     format!(
         "{}, {}",
         if invariant {
-            "cuBLAS fixed 64-row calls (batch-invariant)"
+            "batch-invariant GEMMs"
         } else {
-            "cuBLAS any size"
+            "not invariant"
         },
         if graphs {
             "CUDA graphs"
@@ -265,7 +272,24 @@ fn main() -> Result<()> {
                 ex.set_cuda_graphs(true);
             }
             ["invariant", on] => ex.set_batch_invariant(*on == "1"),
-            ["gemv", r] => ex.set_gemv_max_rows(r.parse()?),
+            ["mma", r] => ex.set_mma_max_rows(r.parse()?),
+            ["mmav", v, t, r] => ex.set_mma_variants(v.parse()?, t.parse()?, r.parse()?),
+            ["pdl", on] => ex.set_pdl(*on == "1"),
+            ["tune"] => {
+                ex.tune_gemms()?;
+                if let Some(p) = ex.gemm_plan() {
+                    println!("GEMM plan (rows:invariant/free):\n{}", p.describe());
+                    for s in &p.shapes {
+                        let us: Vec<String> = s
+                            .micros
+                            .iter()
+                            .map(|(a, b)| format!("{a:.0}/{b:.0}"))
+                            .collect();
+                        println!("  [{} x {}] µs {}", s.out, s.inner, us.join(" "));
+                    }
+                }
+            }
+            ["gemm"] => gemm::run()?,
             ["graphs", on] => ex.set_cuda_graphs(*on == "1"),
             ["step", n] => steps(&mut ex, &tok, n.parse()?)?,
             ["prefill"] => prefill(&mut ex, &tok, &cfg)?,

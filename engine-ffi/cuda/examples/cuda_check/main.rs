@@ -11,6 +11,8 @@
 use anyhow::{Context, Result, bail};
 use ferrite_cuda::testing::{Alloc, Gen, run_all};
 use ferrite_cuda::{CudaConfig, CudaExecutor, CudaOptions, Dtype, reference};
+
+mod sampling;
 use ferrite_engine::{Batch, Executor, SamplingContext, SeqInput, slot_for};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -436,6 +438,9 @@ fn eight_b(tokenizer: Option<PathBuf>, batch_invariant: bool) -> Result<bool> {
             "  batch invariance delays {delays:?} chunk {chunk}: equal tokens per seq (of 24) {same:?}"
         );
         ok &= all_same;
+    }
+    if batch_invariant {
+        ok &= sampling::check(&mut ex)?;
     }
     Ok(ok)
 }
