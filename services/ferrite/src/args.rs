@@ -65,6 +65,11 @@ pub struct ModelArgs {
     /// Tokens per KV block.
     #[arg(long, default_value_t = 16, env = "FERRITE_KV_BLOCK_SIZE")]
     pub kv_block_size: u32,
+    /// CUDA only: a sequence's tokens never depend on what it is batched with (every GEMM
+    /// through Ferrite's tensor-core kernel). `false` lets large steps use cuBLAS: about 3x
+    /// the throughput of big batches, same batch-1 speed (docs/benchmarks/cuda.md).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "FERRITE_CUDA_BATCH_INVARIANT")]
+    pub cuda_batch_invariant: bool,
     /// Per-step token budget of the scheduler.
     #[arg(long, default_value_t = 2048, env = "FERRITE_MAX_BATCHED_TOKENS")]
     pub max_batched_tokens: usize,

@@ -209,6 +209,7 @@ fn backend_factory(
             let opts = ferrite_cuda::CudaOptions {
                 num_kv_blocks: args.kv_blocks.unwrap_or(0),
                 block_size: args.kv_block_size,
+                batch_invariant: args.cuda_batch_invariant,
                 ..Default::default()
             };
             let path = model.path.clone();

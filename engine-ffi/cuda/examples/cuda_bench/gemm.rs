@@ -10,12 +10,13 @@ use ferrite_cuda::device::Gpu;
 use ferrite_cuda::kernels::GEMM_MMA_VARIANTS;
 use std::time::Instant;
 
-const SHAPES: [(&str, usize, usize); 5] = [
-    ("qkv", 6144, 4096),
-    ("o", 4096, 4096),
-    ("gate_up", 28672, 4096),
-    ("down", 4096, 14336),
-    ("lm_head", 128256, 4096),
+/// (name, out, inner, float32 output): bf16 outputs but for lm_head, as in the model.
+const SHAPES: [(&str, usize, usize, bool); 5] = [
+    ("qkv", 6144, 4096, false),
+    ("o", 4096, 4096, false),
+    ("gate_up", 28672, 4096, false),
+    ("down", 4096, 14336, false),
+    ("lm_head", 128256, 4096, true),
 ];
 const ROWS: [usize; 12] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096];
 
@@ -54,7 +55,7 @@ pub fn run() -> Result<()> {
     let max_rows = 4096;
     let x = gpu.alloc(max_rows * 14336 * 2)?;
     gpu.fill_uniform(x.ptr, max_rows * 14336, 7, -1.0, 1.0)?;
-    for (name, out, inner) in SHAPES {
+    for (name, out, inner, y_f32) in SHAPES {
         let bytes = out * inner * 2;
         let copies = (400_000_000usize).div_ceil(bytes).max(2);
         let w = gpu.alloc(copies * bytes)?;
@@ -85,7 +86,7 @@ pub fn run() -> Result<()> {
                         rows,
                         out,
                         inner,
-                        true,
+                        y_f32,
                     )
                 };
                 for i in 0..3 {

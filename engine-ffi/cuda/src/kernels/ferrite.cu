@@ -463,6 +463,7 @@ __global__ void argmax_rows(const float* __restrict__ part_v, const int* __restr
 // 2^-40 fixed point, so every sum is an integer sum: the draw is deterministic given the
 // logits and u (tokens 2^-40 less likely than the best are never drawn).
 #define SAMPLE_THREADS 1024
+#define SAMPLE_CAND 4096
 #define WFIX 1099511627776.0f
 
 __device__ __forceinline__ unsigned ord_key(float f) {
@@ -498,14 +499,16 @@ __device__ __forceinline__ float tempered(const float* row, int i, float inv_t) 
 
 // The largest key k such that the elements of key >= k (and >= floor) weigh at least
 // `need` (count, or fixed-point mass when use_mass); 0 when none does. 32 bisection steps.
-__device__ unsigned weight_select(const float* row, int lo, int hi, float inv_t, float m,
-                                  unsigned floor_key, int use_mass, unsigned long long need) {
+// The elements: vals[i] * inv_t for i = begin, begin + stride, ... < end.
+__device__ unsigned weight_select(const float* vals, int begin, int end, int stride,
+                                  float inv_t, float m, unsigned floor_key, int use_mass,
+                                  unsigned long long need) {
     unsigned a = 0, b = 0xffffffffu;
     while (a < b) {
         unsigned mid = a + (unsigned)(((unsigned long long)b - a + 1) / 2);
         unsigned long long s = 0;
-        for (int i = lo; i < hi; i++) {
-            float l = tempered(row, i, inv_t);
+        for (int i = begin; i < end; i += stride) {
+            float l = tempered(vals, i, inv_t);
             unsigned k = ord_key(l);
             if (k >= mid && k >= floor_key) s += use_mass ? wfix(l, m) : 1ull;
         }
@@ -548,17 +551,42 @@ sample_rows(const float* __restrict__ logits, int vocab, const int* __restrict__
         return;
     }
     unsigned keep = 0;
-    if (top_k > 0 && top_k < vocab)
-        keep = weight_select(row, lo, hi, inv_t, m, 0, 0, (unsigned long long)top_k);
-    if (top_p < 1.f) {
-        unsigned long long z = 0;
+    bool by_k = top_k > 0 && top_k < vocab;
+    if (by_k || top_p < 1.f) {
+        // The thresholds only depend on the elements within 28 of the best (the others
+        // have weight 0, and when top_k <= their count the k-th largest is among them):
+        // gathered into shared memory when they fit, the bisections scan only them.
+        __shared__ float cand[SAMPLE_CAND];
+        __shared__ int ncand;
+        if (threadIdx.x == 0) ncand = 0;
+        __syncthreads();
+        float floor_l = m - 28.f;
         for (int i = lo; i < hi; i++) {
             float l = tempered(row, i, inv_t);
-            if (ord_key(l) >= keep) z += wfix(l, m);
+            if (l >= floor_l) {
+                int slot = atomicAdd(&ncand, 1);
+                if (slot < SAMPLE_CAND) cand[slot] = l;
+            }
         }
-        z = block_sum_u64(z);
-        unsigned long long need = top_p > 0.f ? (unsigned long long)((double)top_p * (double)z) : 0ull;
-        keep = max(keep, weight_select(row, lo, hi, inv_t, m, keep, 1, max(need, 1ull)));
+        __syncthreads();
+        int nc = ncand;
+        bool small = nc <= SAMPLE_CAND && (!by_k || top_k <= nc);
+        const float* vals = small ? cand : row;
+        int begin = small ? (int)threadIdx.x : lo, end = small ? nc : hi;
+        int stride = small ? (int)blockDim.x : 1;
+        float it = small ? 1.f : inv_t;
+        if (by_k) keep = weight_select(vals, begin, end, stride, it, m, 0, 0, (unsigned long long)top_k);
+        if (top_p < 1.f) {
+            unsigned long long z = 0;
+            for (int i = begin; i < end; i += stride) {
+                float l = tempered(vals, i, it);
+                if (ord_key(l) >= keep) z += wfix(l, m);
+            }
+            z = block_sum_u64(z);
+            unsigned long long need =
+                top_p > 0.f ? (unsigned long long)((double)top_p * (double)z) : 0ull;
+            keep = max(keep, weight_select(vals, begin, end, stride, it, m, keep, 1, max(need, 1ull)));
+        }
     }
     if (min_p > 0.f) keep = max(keep, ord_key(m + logf(min_p)));
     // Inverse CDF in token order: this thread's share, an exclusive scan, then one walk.
