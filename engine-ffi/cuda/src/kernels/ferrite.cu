@@ -498,27 +498,85 @@ __device__ __forceinline__ float tempered(const float* row, int i, float inv_t) 
 }
 
 // The largest key k such that the elements of key >= k (and >= floor) weigh at least
-// `need` (count, or fixed-point mass when use_mass); 0 when none does. 32 bisection steps.
+// `need` >= 1 (count, or fixed-point mass when use_mass); 0 when none does. Radix select:
+// four passes over 8-bit digits of the key, most significant first, each a shared-memory
+// histogram (RS_GROUPS copies against atomic contention; a thread adds runs of equal digits
+// at once) whose bins are scanned from the top by one warp.
 // The elements: vals[i] * inv_t for i = begin, begin + stride, ... < end.
+#define RS_GROUPS 8
 __device__ unsigned weight_select(const float* vals, int begin, int end, int stride,
                                   float inv_t, float m, unsigned floor_key, int use_mass,
                                   unsigned long long need) {
-    unsigned a = 0, b = 0xffffffffu;
-    while (a < b) {
-        unsigned mid = a + (unsigned)(((unsigned long long)b - a + 1) / 2);
-        unsigned long long s = 0;
+    __shared__ unsigned long long hist[RS_GROUPS][256];
+    __shared__ unsigned sh_prefix;
+    __shared__ unsigned long long sh_need;
+    __shared__ int sh_found;
+    int grp = (threadIdx.x >> 5) % RS_GROUPS;
+    unsigned prefix = 0;
+    for (int pass = 0; pass < 4; pass++) {
+        int shift = 24 - 8 * pass;
+        unsigned hi_mask = pass == 0 ? 0u : (0xffffffffu << (shift + 8));
+        for (int i = threadIdx.x; i < RS_GROUPS * 256; i += blockDim.x) hist[i >> 8][i & 255] = 0;
+        __syncthreads();
+        int cur = -1;
+        unsigned long long run = 0;
         for (int i = begin; i < end; i += stride) {
             float l = tempered(vals, i, inv_t);
             unsigned k = ord_key(l);
-            if (k >= mid && k >= floor_key) s += use_mass ? wfix(l, m) : 1ull;
+            if (k >= floor_key && (k & hi_mask) == prefix) {
+                unsigned long long wgt = use_mass ? wfix(l, m) : 1ull;
+                int bin = (k >> shift) & 255;
+                if (bin != cur) {
+                    if (run) atomicAdd(&hist[grp][cur], run);
+                    cur = bin;
+                    run = 0;
+                }
+                run += wgt;
+            }
         }
-        s = block_sum_u64(s);
-        if (s >= need)
-            a = mid;
-        else
-            b = mid - 1;
+        if (run) atomicAdd(&hist[grp][cur], run);
+        __syncthreads();
+        if (threadIdx.x < 32) {
+            // Lane L holds bins 8L..8L+7; `above` = weight of the higher lanes' bins.
+            int lane = threadIdx.x;
+            unsigned long long t[8], mine = 0;
+#pragma unroll
+            for (int j = 0; j < 8; j++) {
+                unsigned long long v = 0;
+#pragma unroll
+                for (int g = 0; g < RS_GROUPS; g++) v += hist[g][lane * 8 + j];
+                t[j] = v;
+                mine += v;
+            }
+            unsigned long long incl = mine;
+#pragma unroll
+            for (int o = 1; o < 32; o <<= 1) {
+                unsigned long long n = __shfl_down_sync(0xffffffffu, incl, o);
+                if (lane + o < 32) incl += n;
+            }
+            unsigned long long above = incl - mine;
+            if (lane == 0) sh_found = 0;
+            __syncwarp();
+            if (above < need && need <= incl) {
+                unsigned long long cum = above;
+                for (int j = 7; j >= 0; j--) {
+                    if (cum + t[j] >= need) {
+                        sh_prefix = prefix | ((unsigned)(lane * 8 + j) << shift);
+                        sh_need = need - cum;
+                        sh_found = 1;
+                        break;
+                    }
+                    cum += t[j];
+                }
+            }
+        }
+        __syncthreads();
+        if (!sh_found) return 0;
+        prefix = sh_prefix;
+        need = sh_need;
+        __syncthreads();
     }
-    return a;
+    return prefix;
 }
 
 // grid = rows to draw, SAMPLE_THREADS threads: block b draws from logits row rows[b] with
