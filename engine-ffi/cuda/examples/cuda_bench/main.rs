@@ -8,6 +8,7 @@
 //!   mmav:S:T:R        tensor-core GEMM instances (kernels::GEMM_MMA_VARIANTS indices): S up
 //!                     to R tokens, T above
 //!   pdl:0|1           programmatic dependent launch off/on (default on)
+//!   sample:T:K:P      serve sections sample with temperature T, top-k K, top-p P (default greedy)
 //!   tune              re-tune the GEMM picks and print them (they are tuned at start-up)
 //!   gemm              GEMM micro-benchmark: cuBLAS vs skinny GEMM on the decode shapes
 //!   graphs:0|1        CUDA graphs for decode steps off/on (default on)
@@ -163,6 +164,7 @@ fn serve(
     isl: usize,
     osl: usize,
     n: usize,
+    sampling: &SamplingParams,
 ) -> Result<()> {
     let mut sc = ferrite_scheduler::SchedulerConfig::from_executor(&ex.info());
     sc.max_num_seqs = 256;
@@ -180,7 +182,7 @@ fn serve(
             model: "bench".into(),
             token_ids: ids,
             generated_so_far: 0,
-            sampling: SamplingParams::default(),
+            sampling: sampling.clone(),
             stop: StopConditions {
                 max_tokens: osl as u32,
                 ignore_eos: true,
@@ -258,6 +260,7 @@ fn main() -> Result<()> {
         ex.device_name(),
         t0.elapsed().as_secs_f64()
     );
+    let mut sampling = SamplingParams::default();
     for w in &what {
         let t = Instant::now();
         match w.split(':').collect::<Vec<_>>().as_slice() {
@@ -294,7 +297,17 @@ fn main() -> Result<()> {
             ["step", n] => steps(&mut ex, &tok, n.parse()?)?,
             ["prefill"] => prefill(&mut ex, &tok, &cfg)?,
             ["kvcopy"] => kvcopy(&mut ex)?,
-            ["serve", i, o, n] => serve(&mut ex, &tok, i.parse()?, o.parse()?, n.parse()?)?,
+            ["serve", i, o, n] => {
+                serve(&mut ex, &tok, i.parse()?, o.parse()?, n.parse()?, &sampling)?
+            }
+            ["sample", t, k, p] => {
+                sampling = SamplingParams {
+                    temperature: t.parse()?,
+                    top_k: k.parse()?,
+                    top_p: p.parse()?,
+                    ..Default::default()
+                }
+            }
             _ => anyhow::bail!("unknown section {w}"),
         }
         eprintln!("  ({w} took {:.1} s)", t.elapsed().as_secs_f64());
