@@ -8,10 +8,11 @@ use cudarc::nvrtc::{CompileOptions, Ptx};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
-/// The kernels' CUDA C++ source: `src/kernels/ferrite.cu`, then the tensor-core skinny
-/// GEMM of `src/kernels/gemm.cu`.
+/// The kernels' CUDA C++ source: `src/kernels/ferrite.cu`, then the token choice of
+/// `sample.cu` and the tensor-core GEMM of `gemm.cu`.
 pub const SOURCE: &str = concat!(
     include_str!("kernels/ferrite.cu"),
+    include_str!("kernels/sample.cu"),
     include_str!("kernels/gemm.cu")
 );
 
