@@ -175,3 +175,81 @@ impl CudaExecutor {
         Ok(got)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferrite_engine::SamplingContext;
+    use ferrite_protocol::SamplingParams;
+    use std::sync::Arc;
+
+    fn seq(p: SamplingParams) -> SeqInput {
+        SeqInput {
+            request_id: Default::default(),
+            tokens: vec![7],
+            start_pos: 41,
+            block_table: vec![ferrite_protocol::BlockId(0); 3],
+            slot_mapping: vec![41],
+            sample: true,
+            sampling: SamplingContext {
+                params: Arc::new(p),
+                ..Default::default()
+            },
+        }
+    }
+
+    #[test]
+    fn rows_go_to_the_device_unless_they_need_the_cpu_sampler() {
+        assert_eq!(choice(&seq(SamplingParams::default())), Choice::Greedy);
+        let tiny = SamplingParams {
+            temperature: sampler::MIN_TEMPERATURE / 2.0,
+            ..Default::default()
+        };
+        assert_eq!(choice(&seq(tiny)), Choice::Greedy);
+        let random = SamplingParams {
+            temperature: 0.8,
+            top_k: 40,
+            top_p: 0.9,
+            min_p: 0.05,
+            ..Default::default()
+        };
+        assert_eq!(choice(&seq(random.clone())), Choice::Draw);
+        let host = [
+            SamplingParams {
+                logprobs: Some(2),
+                ..random.clone()
+            },
+            SamplingParams {
+                presence_penalty: 0.5,
+                ..random.clone()
+            },
+            SamplingParams {
+                logit_bias: [(5, 1.0)].into_iter().collect(),
+                ..Default::default()
+            },
+        ];
+        for p in host {
+            assert_eq!(choice(&seq(p)), Choice::Host);
+        }
+        let mut banned = seq(random);
+        banned.sampling.banned = vec![2];
+        assert_eq!(choice(&banned), Choice::Host);
+    }
+
+    #[test]
+    fn draw_parameters_use_the_cpu_samplers_uniform_number() {
+        let p = SamplingParams {
+            temperature: 0.7,
+            top_k: 12,
+            top_p: 0.5,
+            min_p: 0.1,
+            seed: Some(99),
+            ..Default::default()
+        };
+        let s = seq(p);
+        let [t, k, tp, mp, u] = draw_params(&s);
+        assert_eq!((t, k, tp, mp), (0.7, 12.0, 0.5, 0.1));
+        assert_eq!(u, sampler::uniform(99, 42) as f32);
+        assert!((0.0..1.0).contains(&u));
+    }
+}
