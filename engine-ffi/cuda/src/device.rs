@@ -264,23 +264,18 @@ impl Gpu {
 
     /// Whether `gemm` sends this shape to the tensor-core skinny GEMM.
     pub fn mma_takes(&self, rows: usize, out: usize, inner: usize) -> bool {
-        let (_, nw, u, rf) = crate::kernels::GEMM_MMA_VARIANTS[self.mma_variant];
-        self.dtype == Dtype::Bf16
-            && self.mma_max_rows > 0
+        self.mma_max_rows > 0
             && (self.fixed_rows > 0 || rows <= self.mma_max_rows)
-            && out.is_multiple_of(16 * rf)
-            && inner.is_multiple_of(nw * 32 * u)
+            && self.mma_fits(self.mma_variant, out, inner)
     }
 
     /// The instance for `rows`: the tall one above `mma_tall_rows` where the shape fits it
     /// (same warps as the small one, so the same bits).
     fn mma_pick(&self, rows: usize, out: usize, inner: usize) -> usize {
-        let (_, nw, u, rf) = crate::kernels::GEMM_MMA_VARIANTS[self.mma_tall_variant];
-        let small_nw = crate::kernels::GEMM_MMA_VARIANTS[self.mma_variant].1;
+        let nw = |v: usize| crate::kernels::GEMM_MMA_VARIANTS[v].1;
         if rows > self.mma_tall_rows
-            && nw == small_nw
-            && out.is_multiple_of(16 * rf)
-            && inner.is_multiple_of(nw * 32 * u)
+            && nw(self.mma_tall_variant) == nw(self.mma_variant)
+            && self.mma_fits(self.mma_tall_variant, out, inner)
         {
             self.mma_tall_variant
         } else {
