@@ -185,3 +185,35 @@ async fn stop_string_found_by_the_frontend_cancels_the_worker() -> anyhow::Resul
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_non_streamed_request_is_cancelled_when_its_client_hangs_up() -> anyhow::Result<()> {
+    // Real-time simulation: 3 000 tokens take many seconds, and a non-streamed answer writes
+    // nothing to the socket before the end, so only the closed connection can tell.
+    let c = Cluster::start(spec(&[])).await?;
+    let client = c.client.clone();
+    let url = format!("{}/v1/completions", c.url);
+    let req = tokio::spawn(async move {
+        client
+            .post(url)
+            .json(&json!({"model": MODEL, "prompt": mock_prompt(5), "max_tokens": 3000}))
+            .send()
+            .await
+    });
+    let decoding = eventually(Duration::from_secs(5), || async {
+        (worker_value(&c, ACTIVE).await > 0.0).then_some(())
+    })
+    .await;
+    assert!(decoding.is_some(), "the request never started");
+    let hung_up = Instant::now();
+    req.abort();
+    assert!(
+        wait_cancelled_and_free(&c, 1.0, Duration::from_secs(3)).await,
+        "the non-streamed request kept running after its client hung up"
+    );
+    eprintln!(
+        "cancelled and freed {:?} after the hang-up",
+        hung_up.elapsed()
+    );
+    Ok(())
+}

@@ -119,6 +119,10 @@ impl Frontend {
                 tracing::debug!("TCP_NODELAY: {e}");
             }
         })
+        // A client's EOF ends the connection and drops its handler at once (half-closed
+        // HTTP/1 clients are not served): a non-streamed request whose client hangs up is
+        // cancelled on the worker then, not when its answer is finally written.
+        .h1_allow_half_closed(false)
         .workers(config.http_workers.max(1))
         .disable_signals()
         .bind(&bind)
