@@ -4,7 +4,7 @@
 use crate::config::Dtype;
 use crate::error::{CudaError, Result};
 use crate::kernels::Kernels;
-use cudarc::cublas::{CudaBlas, result as blas, sys as bsys};
+use cudarc::cublas::{CudaBlas, sys as bsys};
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaGraph, CudaSlice, CudaStream, DevicePtr, LaunchConfig,
     PinnedHostSlice, PushKernelArg, result as dres, sys as dsys,
@@ -54,7 +54,7 @@ impl DevBuf {
 pub struct Gpu {
     pub ctx: Arc<CudaContext>,
     pub stream: Arc<CudaStream>,
-    blas: CudaBlas,
+    pub(crate) blas: CudaBlas,
     /// cuBLAS's workspace, set explicitly so that GEMMs can be captured into CUDA graphs.
     _blas_workspace: CudaSlice<u8>,
     pub k: Kernels,
@@ -214,205 +214,6 @@ impl Gpu {
         let g =
             graph?.ok_or_else(|| CudaError::Driver("stream capture recorded no graph".into()))?;
         Ok(Graph(g))
-    }
-
-    fn elem_type(&self) -> bsys::cudaDataType {
-        match self.dtype {
-            Dtype::F32 => bsys::cudaDataType::CUDA_R_32F,
-            Dtype::Bf16 => bsys::cudaDataType::CUDA_R_16BF,
-        }
-    }
-
-    /// `y[rows, out] = x[rows, inner] · w[out, inner]ᵀ` (row-major, HF weight layout),
-    /// float32 accumulation; `y` is float32 when `y_f32`, else the element type.
-    #[allow(clippy::too_many_arguments)] // a GEMM is three pointers and three sizes
-    pub fn gemm(
-        &self,
-        w: u64,
-        x: u64,
-        y: u64,
-        rows: usize,
-        out: usize,
-        inner: usize,
-        y_f32: bool,
-    ) -> Result<()> {
-        if self.dtype == Dtype::Bf16
-            && self.mma_max_rows > 0
-            && let Some(p) = self.plan.as_ref()
-            && let Some(pick) = p.pick(rows, out, inner, self.fixed_rows > 0)
-        {
-            return match pick {
-                crate::tune::Pick::Mma(v) => {
-                    self.gemm_mma_with(v, w, x, y, rows, out, inner, y_f32)
-                }
-                crate::tune::Pick::Blas => self.gemm_blas_any(w, x, y, rows, out, inner, y_f32),
-            };
-        }
-        if self.mma_takes(rows, out, inner) {
-            return self.gemm_mma(w, x, y, rows, out, inner, y_f32);
-        }
-        self.gemm_blas_any(w, x, y, rows, out, inner, y_f32)
-    }
-
-    /// Whether instance `v` of the tensor-core GEMM takes an `out × inner` weight.
-    pub fn mma_fits(&self, v: usize, out: usize, inner: usize) -> bool {
-        let (_, nw, u, rf) = crate::kernels::GEMM_MMA_VARIANTS[v];
-        self.dtype == Dtype::Bf16
-            && out.is_multiple_of(16 * rf)
-            && inner.is_multiple_of(nw * 32 * u)
-    }
-
-    /// Whether `gemm` sends this shape to the tensor-core skinny GEMM.
-    pub fn mma_takes(&self, rows: usize, out: usize, inner: usize) -> bool {
-        self.mma_max_rows > 0
-            && (self.fixed_rows > 0 || rows <= self.mma_max_rows)
-            && self.mma_fits(self.mma_variant, out, inner)
-    }
-
-    /// The instance for `rows`: the tall one above `mma_tall_rows` where the shape fits it
-    /// (same warps as the small one, so the same bits).
-    fn mma_pick(&self, rows: usize, out: usize, inner: usize) -> usize {
-        let nw = |v: usize| crate::kernels::GEMM_MMA_VARIANTS[v].1;
-        if rows > self.mma_tall_rows
-            && nw(self.mma_tall_variant) == nw(self.mma_variant)
-            && self.mma_fits(self.mma_tall_variant, out, inner)
-        {
-            self.mma_tall_variant
-        } else {
-            self.mma_variant
-        }
-    }
-
-    /// The tensor-core GEMM (bf16; shape as checked by [`Gpu::mma_takes`]).
-    #[allow(clippy::too_many_arguments)] // as `gemm`
-    pub fn gemm_mma(
-        &self,
-        w: u64,
-        x: u64,
-        y: u64,
-        rows: usize,
-        out: usize,
-        inner: usize,
-        y_f32: bool,
-    ) -> Result<()> {
-        self.gemm_mma_with(
-            self.mma_pick(rows, out, inner),
-            w,
-            x,
-            y,
-            rows,
-            out,
-            inner,
-            y_f32,
-        )
-    }
-
-    /// The tensor-core GEMM through instance `v` (which must fit the shape).
-    #[allow(clippy::too_many_arguments)] // as `gemm`, plus the instance
-    pub fn gemm_mma_with(
-        &self,
-        v: usize,
-        w: u64,
-        x: u64,
-        y: u64,
-        rows: usize,
-        out: usize,
-        inner: usize,
-        y_f32: bool,
-    ) -> Result<()> {
-        let (_, nw, _, rf) = crate::kernels::GEMM_MMA_VARIANTS[v];
-        let chunks = rows.div_ceil(crate::kernels::GEMM_MMA_TOKENS);
-        self.launch(
-            &self.k.gemm_mma[v],
-            (chunks as u32, (out / (16 * rf)) as u32, 1),
-            (nw * 32) as u32,
-            &[
-                KArg::U64(w),
-                KArg::U64(x),
-                KArg::U64(y),
-                KArg::I32(rows as i32),
-                KArg::I32(out as i32),
-                KArg::I32(inner as i32),
-                KArg::I32(i32::from(y_f32)),
-            ],
-        )
-    }
-
-    /// cuBLAS, in calls of `fixed_rows` rows when that is set.
-    #[allow(clippy::too_many_arguments)] // as `gemm`
-    pub fn gemm_blas_any(
-        &self,
-        w: u64,
-        x: u64,
-        y: u64,
-        rows: usize,
-        out: usize,
-        inner: usize,
-        y_f32: bool,
-    ) -> Result<()> {
-        if self.fixed_rows > 0 {
-            let f = self.fixed_rows;
-            let (xe, ye) = (
-                self.dtype.bytes(),
-                if y_f32 { 4 } else { self.dtype.bytes() },
-            );
-            let mut r0 = 0;
-            while r0 < rows {
-                let (xo, yo) = ((r0 * inner * xe) as u64, (r0 * out * ye) as u64);
-                self.gemm_blas(w, x + xo, y + yo, f, out, inner, y_f32)?;
-                r0 += f;
-            }
-            return Ok(());
-        }
-        self.gemm_blas(w, x, y, rows, out, inner, y_f32)
-    }
-
-    #[allow(clippy::too_many_arguments)] // as `gemm`
-    fn gemm_blas(
-        &self,
-        w: u64,
-        x: u64,
-        y: u64,
-        rows: usize,
-        out: usize,
-        inner: usize,
-        y_f32: bool,
-    ) -> Result<()> {
-        let (alpha, beta) = (1f32, 0f32);
-        let et = self.elem_type();
-        let yt = if y_f32 {
-            bsys::cudaDataType::CUDA_R_32F
-        } else {
-            et
-        };
-        // Column-major view: Yᵀ[out, rows] = W[out, inner] (stored as Wᵀ col-major, so
-        // op T) × Xᵀ[inner, rows].
-        // SAFETY: the pointers address live device buffers of the stated shapes (callers
-        // size them from the model config and batch); the handle is bound to our stream.
-        unsafe {
-            blas::gemm_ex(
-                *self.blas.handle(),
-                bsys::cublasOperation_t::CUBLAS_OP_T,
-                bsys::cublasOperation_t::CUBLAS_OP_N,
-                out as i32,
-                rows as i32,
-                inner as i32,
-                (&alpha as *const f32).cast(),
-                w as *const std::ffi::c_void,
-                et,
-                inner as i32,
-                x as *const std::ffi::c_void,
-                et,
-                inner as i32,
-                (&beta as *const f32).cast(),
-                y as *mut std::ffi::c_void,
-                yt,
-                out as i32,
-                bsys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
-                bsys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
-            )
-        }?;
-        Ok(())
     }
 
     /// Launches `f` with plain-old-data arguments (raw pointers as `u64`, ints, floats).

@@ -9,6 +9,7 @@ pub mod config;
 pub mod device;
 mod error;
 mod executor;
+pub mod gemm;
 pub mod kernels;
 pub mod reference;
 pub mod step;

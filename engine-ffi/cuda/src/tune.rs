@@ -6,6 +6,7 @@
 
 use crate::device::Gpu;
 use crate::error::Result;
+use crate::gemm::Gemm;
 use crate::kernels::GEMM_MMA_VARIANTS;
 use std::time::Instant;
 
@@ -142,13 +143,18 @@ pub fn tune(gpu: &mut Gpu, shapes: &[TuneShape]) -> Result<GemmPlan> {
                 let reps = if rows >= 256 { 3 } else { 10 };
                 let call = |i: usize| {
                     let w = s.copies[i % s.copies.len()];
+                    let g = Gemm {
+                        w,
+                        x: x.ptr,
+                        y: y.ptr,
+                        rows,
+                        out: s.out,
+                        inner: s.inner,
+                        y_f32: s.y_f32,
+                    };
                     match p {
-                        Pick::Mma(v) => {
-                            gpu.gemm_mma_with(v, w, x.ptr, y.ptr, rows, s.out, s.inner, s.y_f32)
-                        }
-                        Pick::Blas => {
-                            gpu.gemm_blas_any(w, x.ptr, y.ptr, rows, s.out, s.inner, s.y_f32)
-                        }
+                        Pick::Mma(v) => gpu.gemm_mma_with(v, g),
+                        Pick::Blas => gpu.gemm_blas_any(g),
                     }
                 };
                 call(0)?;

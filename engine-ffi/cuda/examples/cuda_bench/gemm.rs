@@ -7,6 +7,7 @@
 use anyhow::{Result, ensure};
 use ferrite_cuda::Dtype;
 use ferrite_cuda::device::Gpu;
+use ferrite_cuda::gemm::Gemm;
 use ferrite_cuda::kernels::GEMM_MMA_VARIANTS;
 use std::time::Instant;
 
@@ -79,15 +80,15 @@ pub fn run() -> Result<()> {
                 set(&mut gpu, p);
                 let iters = if rows >= 1024 { 6 } else { 30 };
                 let call = |i: usize| {
-                    gpu.gemm(
-                        w.ptr + ((i % copies) * bytes) as u64,
-                        x.ptr,
-                        y.ptr,
+                    gpu.gemm(Gemm {
+                        w: w.ptr + ((i % copies) * bytes) as u64,
+                        x: x.ptr,
+                        y: y.ptr,
                         rows,
                         out,
                         inner,
                         y_f32,
-                    )
+                    })
                 };
                 for i in 0..3 {
                     call(i)?;
@@ -116,12 +117,28 @@ fn check(
     inner: usize,
 ) -> Result<()> {
     set(gpu, Path::Blas(0));
-    gpu.gemm(w, x, y, 5, out, inner, true)?;
+    gpu.gemm(Gemm {
+        w,
+        x,
+        y,
+        rows: 5,
+        out,
+        inner,
+        y_f32: true,
+    })?;
     let reference: Vec<f32> = gpu.download(y, 5 * out)?;
     let scale = reference.iter().fold(0f32, |m, v| m.max(v.abs()));
     for &(name, p) in &paths[3..] {
         set(gpu, p);
-        gpu.gemm(w, x, y2, 5, out, inner, true)?;
+        gpu.gemm(Gemm {
+            w,
+            x,
+            y: y2,
+            rows: 5,
+            out,
+            inner,
+            y_f32: true,
+        })?;
         let got: Vec<f32> = gpu.download(y2, 5 * out)?;
         let err = got
             .iter()
@@ -138,10 +155,26 @@ fn check(
         print!("{name} max|Δ|/max|y| {:.1e}; ", err / scale);
     }
     set(gpu, Path::Mma(0, true));
-    gpu.gemm(w, x, y, 256, out, inner, true)?;
+    gpu.gemm(Gemm {
+        w,
+        x,
+        y,
+        rows: 256,
+        out,
+        inner,
+        y_f32: true,
+    })?;
     let all: Vec<f32> = gpu.download(y, 256 * out)?;
     for r in [0usize, 77, 255] {
-        gpu.gemm(w, x + (r * inner * 2) as u64, y2, 1, out, inner, true)?;
+        gpu.gemm(Gemm {
+            w,
+            x: x + (r * inner * 2) as u64,
+            y: y2,
+            rows: 1,
+            out,
+            inner,
+            y_f32: true,
+        })?;
         let one: Vec<f32> = gpu.download(y2, out)?;
         ensure!(
             one.iter()
@@ -155,7 +188,15 @@ fn check(
             continue;
         }
         set(gpu, Path::Mma(v, true));
-        gpu.gemm(w, x, y2, 256, out, inner, true)?;
+        gpu.gemm(Gemm {
+            w,
+            x,
+            y: y2,
+            rows: 256,
+            out,
+            inner,
+            y_f32: true,
+        })?;
         let other: Vec<f32> = gpu.download(y2, 256 * out)?;
         ensure!(
             other

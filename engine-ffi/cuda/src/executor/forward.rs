@@ -6,6 +6,7 @@ use super::{
 };
 use crate::device::KArg;
 use crate::error::Result;
+use crate::gemm::Gemm;
 use crate::kernels::ATTN_THREADS;
 use crate::step::{self, GraphKey, StepMeta};
 use ferrite_engine::Batch;
@@ -92,15 +93,15 @@ impl CudaExecutor {
                     KArg::F32(eps),
                 ],
             )?;
-            g.gemm(
-                l.wqkv.ptr,
-                b(XN),
-                b(QKV),
-                m.tokens,
-                c.qkv_dim(),
-                c.hidden,
-                false,
-            )?;
+            g.gemm(Gemm {
+                w: l.wqkv.ptr,
+                x: b(XN),
+                y: b(QKV),
+                rows: m.tokens,
+                out: c.qkv_dim(),
+                inner: c.hidden,
+                y_f32: false,
+            })?;
             g.launch(
                 &g.k.rope_cache,
                 (t, (c.heads + c.kv_heads) as u32, 1),
@@ -157,15 +158,15 @@ impl CudaExecutor {
                     KArg::I32(self.cfg.tile_align() as i32),
                 ],
             )?;
-            g.gemm(
-                l.wo.ptr,
-                b(ATTN),
-                b(DELTA),
-                m.tokens,
-                c.hidden,
-                c.q_dim(),
-                false,
-            )?;
+            g.gemm(Gemm {
+                w: l.wo.ptr,
+                x: b(ATTN),
+                y: b(DELTA),
+                rows: m.tokens,
+                out: c.hidden,
+                inner: c.q_dim(),
+                y_f32: false,
+            })?;
             g.launch(
                 &g.k.add_rmsnorm,
                 (t, 1, 1),
@@ -180,15 +181,15 @@ impl CudaExecutor {
                     KArg::F32(eps),
                 ],
             )?;
-            g.gemm(
-                l.w_gate_up.ptr,
-                b(XN),
-                b(GU),
-                m.tokens,
-                2 * c.intermediate,
-                c.hidden,
-                false,
-            )?;
+            g.gemm(Gemm {
+                w: l.w_gate_up.ptr,
+                x: b(XN),
+                y: b(GU),
+                rows: m.tokens,
+                out: 2 * c.intermediate,
+                inner: c.hidden,
+                y_f32: false,
+            })?;
             let n = m.tokens * c.intermediate;
             g.launch(
                 &g.k.swiglu,
@@ -201,15 +202,15 @@ impl CudaExecutor {
                     KArg::I32(c.intermediate as i32),
                 ],
             )?;
-            g.gemm(
-                l.w_down.ptr,
-                b(ACT),
-                b(DELTA),
-                m.tokens,
-                c.hidden,
-                c.intermediate,
-                false,
-            )?;
+            g.gemm(Gemm {
+                w: l.w_down.ptr,
+                x: b(ACT),
+                y: b(DELTA),
+                rows: m.tokens,
+                out: c.hidden,
+                inner: c.intermediate,
+                y_f32: false,
+            })?;
         }
         if m.sampled > 0 {
             g.launch(
@@ -227,15 +228,15 @@ impl CudaExecutor {
                 ],
             )?;
             let head = self.lm_head.as_ref().unwrap_or(&self.embed).ptr;
-            g.gemm(
-                head,
-                b(FNORM),
-                b(LOGITS),
-                m.sampled,
-                c.vocab,
-                c.hidden,
-                true,
-            )?;
+            g.gemm(Gemm {
+                w: head,
+                x: b(FNORM),
+                y: b(LOGITS),
+                rows: m.sampled,
+                out: c.vocab,
+                inner: c.hidden,
+                y_f32: true,
+            })?;
         }
         Ok(())
     }
