@@ -30,6 +30,21 @@ async fn open(c: &Cluster, prompt: Value, max_tokens: u32) -> anyhow::Result<Sse
     SseStream::open(&c.client, &format!("{}/v1/completions", c.url), &body).await
 }
 
+/// Sends a completion request (the response is not read: nothing may arrive before the
+/// end) and waits until the worker holds blocks for it; `None` if it never does.
+async fn start_raw(
+    c: &Cluster,
+    body: Value,
+) -> Option<tokio::task::JoinHandle<reqwest::Result<reqwest::Response>>> {
+    let (client, url) = (c.client.clone(), format!("{}/v1/completions", c.url));
+    let req = tokio::spawn(async move { client.post(url).json(&body).send().await });
+    eventually(Duration::from_secs(5), || async {
+        (worker_value(c, ACTIVE).await > 0.0).then_some(())
+    })
+    .await
+    .map(|()| req)
+}
+
 /// Waits until the worker counts `n` cancellations and holds no active block.
 async fn wait_cancelled_and_free(c: &Cluster, n: f64, within: Duration) -> bool {
     eventually(within, || async {
@@ -87,20 +102,14 @@ async fn cancel_during_a_long_chunked_prefill_stops_it() -> anyhow::Result<()> {
         .extend(["--max-batched-tokens".to_string(), "256".to_string()]);
     let c = Cluster::start(s).await?;
     let prompt: Vec<u32> = (0..8000).map(|k| 300 + (k % 200)).collect();
-    let client = c.client.clone();
-    let url = format!("{}/v1/completions", c.url);
-    let req = tokio::spawn(async move {
-        client
-            .post(url)
-            .json(&json!({"model": MODEL, "prompt": prompt, "max_tokens": 10, "stream": true}))
-            .send()
-            .await
-    });
-    let prefilling = eventually(Duration::from_secs(5), || async {
-        (worker_value(&c, ACTIVE).await > 0.0).then_some(())
-    })
-    .await;
-    assert!(prefilling.is_some(), "the prefill never started");
+    let Some(req) = start_raw(
+        &c,
+        json!({"model": MODEL, "prompt": prompt, "max_tokens": 10, "stream": true}),
+    )
+    .await
+    else {
+        panic!("the prefill never started");
+    };
     let cancelled_at = Instant::now();
     req.abort();
     assert!(
@@ -191,20 +200,14 @@ async fn a_non_streamed_request_is_cancelled_when_its_client_hangs_up() -> anyho
     // Real-time simulation: 3 000 tokens take many seconds, and a non-streamed answer writes
     // nothing to the socket before the end, so only the closed connection can tell.
     let c = Cluster::start(spec(&[])).await?;
-    let client = c.client.clone();
-    let url = format!("{}/v1/completions", c.url);
-    let req = tokio::spawn(async move {
-        client
-            .post(url)
-            .json(&json!({"model": MODEL, "prompt": mock_prompt(5), "max_tokens": 3000}))
-            .send()
-            .await
-    });
-    let decoding = eventually(Duration::from_secs(5), || async {
-        (worker_value(&c, ACTIVE).await > 0.0).then_some(())
-    })
-    .await;
-    assert!(decoding.is_some(), "the request never started");
+    let Some(req) = start_raw(
+        &c,
+        json!({"model": MODEL, "prompt": mock_prompt(5), "max_tokens": 3000}),
+    )
+    .await
+    else {
+        panic!("the request never started");
+    };
     let hung_up = Instant::now();
     req.abort();
     assert!(
