@@ -89,9 +89,7 @@ async fn kv_router_sends_shared_prefixes_to_the_worker_that_caches_them() -> any
         Duration::from_secs(30),
     )?;
     let url2 = url_in(&line)?;
-    // The gauge is refreshed every 2 s; on a loaded 2-core CI machine discovery and the
-    // three dumps took more than 8 s once.
-    let indexed = eventually(Duration::from_secs(20), || async {
+    let indexed = eventually(Duration::from_secs(8), || async {
         let m = c
             .client
             .get(format!("{url2}/metrics"))

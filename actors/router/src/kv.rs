@@ -380,6 +380,12 @@ impl RoutingPolicy for KvPolicy {
         }
     }
 
+    fn on_instance_up(&mut self, instance: InstanceId, dp_size: u32, block_size: u32) {
+        for r in 0..dp_size.max(1) {
+            self.index.expect_dump((instance, DpRank(r)), block_size);
+        }
+    }
+
     fn on_instance_down(&mut self, instance: InstanceId) {
         self.index.remove_instance(instance);
         self.warned_mismatch.retain(|k| k.0 != instance);

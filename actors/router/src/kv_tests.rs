@@ -255,12 +255,34 @@ fn pinned_requests_go_to_their_instance_or_fail_clearly() {
 #[test]
 fn dumps_instance_lifecycle_and_foreign_batches() {
     let mut r = kv_router(2);
+    // New instances wait for a dump of what they already cache, until a snapshot comes.
+    assert_eq!(
+        r.pending_dumps(),
+        vec![(InstanceId(1), DpRank(0)), (InstanceId(2), DpRank(0))]
+    );
+    let empty = |id: u64, event_id: u64| KvEventBatch {
+        instance_id: InstanceId(id),
+        dp_rank: DpRank(0),
+        block_size: 16,
+        events: vec![KvEvent {
+            storage_tier: Default::default(),
+            event_id,
+            data: KvEventData::Snapshot { blocks: Vec::new() },
+        }],
+    };
+    assert!(r.kv_events(&empty(2, 3)).is_empty());
+    assert!(r.kv_events(&empty(1, 1)).is_empty());
+    assert!(r.pending_dumps().is_empty());
     assert!(
         !r.instance_up(record(1, 1, 16)),
         "known instance is not new"
     );
+    assert!(
+        r.pending_dumps().is_empty(),
+        "a known instance is not re-dumped"
+    );
     let h = block_hashes(&prompt(1, 64), 16, 0);
-    // Unknown history (first id 5) and a later gap both ask for a dump.
+    // A gap after the snapshot (5 after 1) and a later gap both ask for a dump.
     assert_eq!(
         r.kv_events(&stored(1, 0, 16, 5, &h[..1])),
         vec![(InstanceId(1), DpRank(0))]

@@ -101,6 +101,9 @@ pub trait RoutingPolicy: Send {
     fn on_kv_events(&mut self, _batch: &KvEventBatch) -> Vec<(InstanceId, DpRank)> {
         Vec::new()
     }
+    /// A new instance with `dp_size` ranks of `block_size`-token blocks joined (KV-aware
+    /// policies expect a dump of what it already caches). Default: nothing.
+    fn on_instance_up(&mut self, _instance: InstanceId, _dp_size: u32, _block_size: u32) {}
     /// An instance left; policies drop what they keep about it. Default: nothing.
     fn on_instance_down(&mut self, _instance: InstanceId) {}
     /// Workers still waiting for a dump (to re-request periodically). Default: none.

@@ -89,10 +89,15 @@ impl Router {
 
     /// Adds or updates an instance. Returns true when the instance is new: the caller
     /// should then send it `ControlMessage::DumpKv` so a KV-aware router learns the blocks
-    /// it already caches.
+    /// it already caches (the instance stays in `pending_dumps` until its snapshot arrives,
+    /// so a lost request or answer is asked again).
     pub fn instance_up(&mut self, record: InstanceRecord) -> bool {
         tracing::debug!(instance = %record.instance_id, model = %record.model, "instance up");
         let new = self.registry.get(record.instance_id).is_none();
+        if new {
+            self.policy
+                .on_instance_up(record.instance_id, record.dp_size, record.kv_block_size);
+        }
         self.registry.up(record);
         new
     }

@@ -131,6 +131,19 @@ impl KvIndex {
         v
     }
 
+    /// A worker that just joined: whatever it already caches is unknown until its snapshot,
+    /// so it waits for a dump (in `pending_dumps` until a `Snapshot` arrives). A worker
+    /// already indexed keeps its state.
+    pub fn expect_dump(&mut self, key: WorkerKey, block_size: u32) {
+        if self.slots.contains_key(&key) {
+            return;
+        }
+        let slot = self.slot_or_insert(key, block_size);
+        if let Some(w) = self.workers[slot as usize].as_mut() {
+            w.needs_dump = true;
+        }
+    }
+
     fn worker(&self, key: WorkerKey) -> Option<&Worker> {
         let slot = *self.slots.get(&key)?;
         self.workers.get(slot as usize)?.as_ref()

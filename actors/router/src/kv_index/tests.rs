@@ -328,3 +328,27 @@ fn many_workers_grow_the_bitsets() {
         assert_eq!(u64::from(d), k.0.0 % 12 + 1);
     }
 }
+
+#[test]
+fn a_joining_worker_waits_for_its_snapshot() {
+    let c = chains();
+    let mut index = KvIndex::new();
+    index.expect_dump(key(3), 16);
+    assert_eq!(index.pending_dumps(), vec![key(3)]);
+    // Live events do not replace the snapshot: still pending.
+    let stored = KvEventData::Stored {
+        parent: None,
+        blocks: c[0][..2].to_vec(),
+    };
+    index.apply(&batch(key(3), vec![(1, stored)]));
+    assert_eq!(index.pending_dumps(), vec![key(3)]);
+    let snap = KvEventData::Snapshot {
+        blocks: c[1][..3].to_vec(),
+    };
+    index.apply(&batch(key(3), vec![(2, snap)]));
+    assert!(index.pending_dumps().is_empty());
+    assert_eq!(index.worker_blocks(key(3)), 3);
+    // A worker already indexed is left as it is.
+    index.expect_dump(key(3), 16);
+    assert!(index.pending_dumps().is_empty());
+}
