@@ -184,7 +184,8 @@ pub async fn completions(
 
 pub async fn models(state: web::Data<Arc<AppState>>) -> HttpResponse {
     let data = state
-        .model_names()
+        .routable_models()
+        .await
         .into_iter()
         .map(|(id, ctx)| ModelCard {
             id,
@@ -200,9 +201,14 @@ pub async fn models(state: web::Data<Arc<AppState>>) -> HttpResponse {
     })
 }
 
-/// Ready: at least one model has a live instance.
+/// Ready: at least one model has a live instance the router can send requests to.
 pub async fn health(state: web::Data<Arc<AppState>>) -> HttpResponse {
-    let models: Vec<String> = state.model_names().into_iter().map(|(n, _)| n).collect();
+    let models: Vec<String> = state
+        .routable_models()
+        .await
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
     let body = serde_json::json!({"status": if models.is_empty() {"no_instances"} else {"healthy"}, "models": models});
     if models.is_empty() {
         HttpResponse::ServiceUnavailable().json(body)

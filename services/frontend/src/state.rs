@@ -11,8 +11,8 @@ use ferrite_protocol::{
     PreprocessedRequest, WorkerLoad, names,
 };
 use ferrite_router::{
-    InstanceDown, InstanceUp, KvEvents, KvIndexedBlocks, LoadReport, PendingDumps, RouteRequest,
-    RouteWithOverlap, RouterActor,
+    InstanceDown, InstanceUp, KvEvents, KvIndexedBlocks, ListModels, LoadReport, PendingDumps,
+    RouteRequest, RouteWithOverlap, RouterActor,
 };
 use ferrite_runtime::{Bus, Discovery, DiscoveryEvent};
 use ferrite_telemetry::names as metric;
@@ -74,6 +74,17 @@ impl AppState {
     }
 
     /// Names of served models with a live instance, sorted.
+    /// The models of [`AppState::model_names`] that the router also has a live instance
+    /// for (discovery's model and instance records arrive separately; a model listed
+    /// before its instance would answer 503).
+    pub async fn routable_models(&self) -> Vec<(String, u32)> {
+        let live = self.router.send(ListModels).await.unwrap_or_default();
+        self.model_names()
+            .into_iter()
+            .filter(|(name, _)| live.binary_search(name).is_ok())
+            .collect()
+    }
+
     pub fn model_names(&self) -> Vec<(String, u32)> {
         let mut v: Vec<_> = self
             .models
