@@ -29,9 +29,11 @@ pub struct CudaOptions {
     pub device: usize,
     /// Element type; `None`: float32 checkpoints stay float32, others run in bf16.
     pub dtype: Option<Dtype>,
-    /// bf16 steps of at most this many tokens multiply through Ferrite's tensor-core skinny
-    /// GEMM (`kernels/gemm.cu`, weights streamed once per 64 tokens) instead of cuBLAS;
-    /// with [`CudaOptions::batch_invariant`] every step does. 0: cuBLAS always.
+    /// 0: cuBLAS always. Otherwise bf16 GEMMs may use Ferrite's tensor-core GEMM
+    /// (`kernels/gemm.cu`): for the model's weight shapes the start-up tuning
+    /// ([`crate::tune`]) picks per step size (with [`CudaOptions::batch_invariant`], the
+    /// tensor-core GEMM for every step); shapes it did not tune use it for steps of at most
+    /// this many tokens (every step when invariant).
     pub mma_max_rows: usize,
     /// Batch invariance: a sequence's results do not depend on what it is batched with.
     /// bf16 GEMMs all run through the skinny GEMM (whose per-token arithmetic ignores the
