@@ -50,6 +50,7 @@ fn run(
             },
             dp_rank: Default::default(),
             extra_hash_key: 0,
+            prompt_embeds: None,
         };
         let id = req.request_id;
         sched.enqueue(req).expect("enqueue");

@@ -22,6 +22,9 @@ pub struct SchedulerConfig {
     pub waiting_queue_limit: usize,
     /// KV offload tiers (G2 host, G3 disk); `None` (the default): the engine's pool only.
     pub kv_tiers: Option<crate::offload::KvTierOptions>,
+    /// Width of the precomputed embedding rows the engine takes (its hidden size); `None`:
+    /// requests with embedding rows are refused.
+    pub embed_width: Option<u32>,
 }
 
 impl SchedulerConfig {
@@ -40,16 +43,20 @@ impl SchedulerConfig {
             max_model_len,
             waiting_queue_limit: Self::DEFAULT_WAITING_QUEUE_LIMIT,
             kv_tiers: None,
+            embed_width: None,
         }
     }
 
     /// Defaults for an executor (its KV spec and context length).
     pub fn from_executor(info: &ExecutorInfo) -> Self {
-        Self::new(
-            info.kv.block_size,
-            info.kv.num_blocks,
-            info.max_context as usize,
-        )
+        Self {
+            embed_width: info.embed_width,
+            ..Self::new(
+                info.kv.block_size,
+                info.kv.num_blocks,
+                info.max_context as usize,
+            )
+        }
     }
 
     /// Longest sequence this scheduler lets grow: the model's context, capped by the cache.

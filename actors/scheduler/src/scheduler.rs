@@ -7,6 +7,7 @@ use crate::sequence::Sequence;
 use ferrite_kv::BlockPool;
 use ferrite_protocol::{
     BlockHash, ErrorInfo, ErrorKind, KvEvent, KvEventData, PreprocessedRequest, RequestId,
+    is_embed_token,
 };
 use std::collections::{HashMap, VecDeque};
 
@@ -136,6 +137,7 @@ impl Scheduler {
                 ),
             ));
         }
+        self.check_embeds(&req, prompt)?;
         if self.seqs.contains_key(&req.request_id) {
             return Err(ErrorInfo::invalid(
                 "request_id",
@@ -157,6 +159,43 @@ impl Scheduler {
         self.seqs.insert(id, Sequence::new(req));
         self.waiting.push_back(id);
         Ok(())
+    }
+
+    /// Embedding rows must fit the engine and agree with the prompt's embedding tokens
+    /// (their hashes key the prefix cache, so a mismatch is refused, not served).
+    fn check_embeds(
+        &self,
+        req: &PreprocessedRequest,
+        prompt_len: usize,
+    ) -> std::result::Result<(), ErrorInfo> {
+        let has_tokens = req.token_ids.iter().any(|t| is_embed_token(*t));
+        let e = match (&req.prompt_embeds, self.cfg.embed_width) {
+            (None, _) if !has_tokens => return Ok(()),
+            (_, None) => {
+                return Err(ErrorInfo::invalid(
+                    "prompt_embeds",
+                    "this worker's engine takes token ids only, not precomputed embeddings",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(ErrorInfo::invalid(
+                    "prompt_embeds",
+                    "the prompt holds embedding tokens but no embedding rows",
+                ));
+            }
+            (Some(e), Some(w)) if e.width != w => {
+                return Err(ErrorInfo::invalid(
+                    "prompt_embeds",
+                    format!(
+                        "embedding rows of {} values, the model's hidden size is {w}",
+                        e.width
+                    ),
+                ));
+            }
+            (Some(e), Some(_)) => e,
+        };
+        e.check(&req.token_ids, prompt_len)
+            .map_err(|m| ErrorInfo::invalid("prompt_embeds", m))
     }
 
     /// Cancels a waiting or running request; returns false if unknown (or already

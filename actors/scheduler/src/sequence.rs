@@ -4,7 +4,8 @@ use ferrite_engine::SamplingContext;
 use ferrite_kv::SeqBlocks;
 use ferrite_protocol::hashing::{chain, local_block_hash, seed_for};
 use ferrite_protocol::{
-    BlockHash, FinishReason, PreprocessedRequest, SamplingParams, StopConditions, TokenId,
+    BlockHash, FinishReason, PreprocessedRequest, PromptEmbeds, SamplingParams, StopConditions,
+    TokenId,
 };
 use std::sync::Arc;
 
@@ -12,6 +13,8 @@ use std::sync::Arc;
 pub(crate) struct Sequence {
     pub params: Arc<SamplingParams>,
     pub stop: StopConditions,
+    /// The prompt's precomputed embedding rows, handed to the engine with each chunk.
+    pub embeds: Option<Arc<PromptEmbeds>>,
     hash_seed: u64,
     /// Prompt plus every generated token (including `generated_so_far` of a migration).
     pub tokens: Vec<TokenId>,
@@ -40,6 +43,7 @@ impl Sequence {
         Self {
             params: Arc::new(req.sampling),
             stop: req.stop,
+            embeds: req.prompt_embeds,
             hash_seed: seed_for(req.extra_hash_key),
             tokens: req.token_ids,
             prompt_len,
@@ -131,6 +135,7 @@ mod tests {
             stop,
             dp_rank: Default::default(),
             extra_hash_key: 3,
+            prompt_embeds: None,
         })
     }
 

@@ -156,6 +156,7 @@ impl Scheduler {
             block_table: table,
             slot_mapping,
             sample,
+            embeds: seq.embeds.clone(),
             sampling,
         })
     }

@@ -81,6 +81,7 @@ impl Executor for SlotExec {
                 num_blocks: BLOCKS,
                 block_size: BS,
             },
+            embed_width: None,
         }
     }
 

@@ -195,6 +195,7 @@ mod tests {
             stop: StopConditions::default(),
             dp_rank: DpRank(0),
             extra_hash_key: 0,
+            prompt_embeds: None,
         }
     }
 

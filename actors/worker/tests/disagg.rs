@@ -148,6 +148,7 @@ fn request(seed: u32, prompt_len: u32, max_tokens: u32) -> PreprocessedRequest {
         },
         dp_rank: DpRank(0),
         extra_hash_key: 0,
+        prompt_embeds: None,
     }
 }
 

@@ -91,6 +91,7 @@ fn request(id: u128, prompt_len: u32, max_tokens: u32, rank: u32) -> Preprocesse
         },
         dp_rank: DpRank(rank),
         extra_hash_key: 0,
+        prompt_embeds: None,
     }
 }
 

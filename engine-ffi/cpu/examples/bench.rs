@@ -64,6 +64,7 @@ fn input(s: &mut Seq, next_block: &mut u32, bs: u32) -> SeqInput {
             .filter_map(|p| slot_for(&s.blocks, bs, p as u32))
             .collect(),
         sample: true,
+        embeds: None,
         sampling: SamplingContext::default(),
     };
     s.cached = end;

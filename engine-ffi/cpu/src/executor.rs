@@ -9,7 +9,7 @@ use crate::{gguf, safetensors};
 use ferrite_engine::{
     Batch, BatchOutput, Executor, ExecutorInfo, KvBlockLayout, KvCacheSpec, SeqOutput, sampler,
 };
-use ferrite_protocol::BlockId;
+use ferrite_protocol::{BlockId, TokenId, is_embed_token};
 use std::path::Path;
 
 /// Construction options of the CPU backend.
@@ -134,6 +134,18 @@ impl CpuExecutor {
         &self.cfg
     }
 
+    /// The model's input embeddings of `ids`, row after row (`hidden` values each; ids
+    /// outside the vocabulary give zero rows): sent back as precomputed rows, they
+    /// reproduce the text prompt exactly.
+    pub fn token_embeddings(&self, ids: &[TokenId]) -> Vec<f32> {
+        let h = self.cfg.hidden;
+        let mut out = vec![0f32; ids.len() * h];
+        for (id, row) in ids.iter().zip(out.chunks_mut(h)) {
+            self.weights.embed.row_f32(*id as usize, row);
+        }
+        out
+    }
+
     /// Runs the batch and returns the raw logits (`vocab` floats) of every sequence with
     /// `sample` set, in batch order. K/V of all tokens are written to the cache.
     pub fn forward_logits(&mut self, batch: &Batch) -> Result<Vec<Vec<f32>>> {
@@ -156,7 +168,7 @@ fn validate(cfg: &ModelConfig, cache: &KvCache, batch: &Batch) -> Result<()> {
         block_size: cache.block_size as u32,
     };
     batch
-        .check(kv, cfg.vocab, cfg.max_context)
+        .check(kv, cfg.vocab, cfg.max_context, Some(cfg.hidden))
         .map_err(CpuError::InvalidBatch)
 }
 
@@ -190,8 +202,11 @@ fn run(
                 pos,
                 block_table: table,
             });
-            w.embed
-                .row_f32(*tok as usize, &mut x[row * h..(row + 1) * h]);
+            let xr = &mut x[row * h..(row + 1) * h];
+            match s.embeds.as_ref().and_then(|e| e.row(pos)) {
+                Some(r) if is_embed_token(*tok) => xr.copy_from_slice(r),
+                _ => w.embed.row_f32(*tok as usize, xr),
+            }
             row += 1;
         }
     }
@@ -273,6 +288,7 @@ impl Executor for CpuExecutor {
                 num_blocks: self.cache.num_blocks as u32,
                 block_size: self.cache.block_size as u32,
             },
+            embed_width: Some(self.cfg.hidden as u32),
         }
     }
 

@@ -119,6 +119,7 @@ fn executor_forward_samples_greedy_and_rejects_bad_batches() {
                 .map(|p| slot_for(&blocks, 16, p).expect("slot"))
                 .collect(),
             sample: true,
+            embeds: None,
             sampling: SamplingContext::default(),
         }],
     };

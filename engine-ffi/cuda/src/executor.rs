@@ -552,6 +552,8 @@ impl Executor for CudaExecutor {
                 num_blocks: self.num_blocks,
                 block_size: self.block_size,
             },
+            // Prompt embeddings are not uploaded yet (docs/known-issues.md).
+            embed_width: None,
         }
     }
 

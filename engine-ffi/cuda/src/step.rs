@@ -39,7 +39,7 @@ pub fn validate(cfg: &CudaConfig, num_blocks: u32, block_size: u32, batch: &Batc
         block_size,
     };
     batch
-        .check(kv, cfg.vocab, cfg.max_context)
+        .check(kv, cfg.vocab, cfg.max_context, None)
         .map_err(CudaError::InvalidBatch)
 }
 
@@ -118,6 +118,7 @@ pub fn build_padded(
         block_table: vec![BlockId(dump_block)],
         slot_mapping: vec![dump_block * block_size],
         sample: true,
+        embeds: None,
         sampling: Default::default(),
     };
     seqs.resize(key.rows, pad);
@@ -226,6 +227,7 @@ mod tests {
             block_table: bt,
             slot_mapping,
             sample,
+            embeds: None,
             sampling: SamplingContext::default(),
         }
     }

@@ -83,6 +83,7 @@ pub fn next_input(g: &mut Gen, alloc: &mut Alloc, chunk: usize, step: usize) -> 
         block_table: g.blocks.clone(),
         slot_mapping,
         sample: end >= g.prompt.len(),
+        embeds: None,
         sampling: SamplingContext::default(),
     })
 }

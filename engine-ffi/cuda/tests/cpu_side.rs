@@ -80,6 +80,7 @@ fn f32_reference_matches_the_cpu_backend_on_stories260k() {
                     .map(|i| slot_for(&blocks, 16, i).expect("slot"))
                     .collect(),
                 sample: true,
+                embeds: None,
                 sampling: SamplingContext::default(),
             }],
         };

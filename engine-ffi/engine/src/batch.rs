@@ -1,6 +1,8 @@
 //! The batch a scheduler hands an [`crate::Executor`] each step, and what comes back.
 
-use ferrite_protocol::{BlockId, RequestId, SamplingParams, TokenId, TokenLogprob};
+use ferrite_protocol::{
+    BlockId, PromptEmbeds, RequestId, SamplingParams, TokenId, TokenLogprob, is_embed_token,
+};
 use std::sync::Arc;
 
 /// Shape of the paged KV cache an executor holds. The KvBlockManager owns which block
@@ -22,6 +24,9 @@ pub struct ExecutorInfo {
     /// Longest sequence (prompt + output) the model accepts.
     pub max_context: u32,
     pub kv: KvCacheSpec,
+    /// `Some(hidden size)` when prompts may carry precomputed embedding rows of that width
+    /// ([`SeqInput::embeds`]); `None` when this backend takes token ids only.
+    pub embed_width: Option<u32>,
 }
 
 /// Everything the sampler needs for one sequence besides the logits.
@@ -53,6 +58,9 @@ pub struct SeqInput {
     pub slot_mapping: Vec<u32>,
     /// Sample a next token after the last of `tokens` (false for non-final prefill chunks).
     pub sample: bool,
+    /// The prompt's precomputed embedding rows: each embedding token of `tokens` (see
+    /// `ferrite_protocol::embeds`) takes its row here instead of a token-embedding lookup.
+    pub embeds: Option<Arc<PromptEmbeds>>,
     pub sampling: SamplingContext,
 }
 
@@ -76,13 +84,15 @@ impl Batch {
 
     /// Checks the executor contract for a cache of shape `kv` and a model of `vocab` tokens
     /// and `max_context` positions: tokens present, one slot per token, positions within the
-    /// context, block tables covering them, block ids, token ids and slots in range. The
-    /// error names the request and the problem.
+    /// context, block tables covering them, block ids, token ids and slots in range, an
+    /// embedding row of `embed_width` values for every embedding token (`None`: the backend
+    /// takes none). The error names the request and the problem.
     pub fn check(
         &self,
         kv: KvCacheSpec,
         vocab: usize,
         max_context: usize,
+        embed_width: Option<usize>,
     ) -> std::result::Result<(), String> {
         let slots = u64::from(kv.num_blocks) * u64::from(kv.block_size);
         for s in &self.seqs {
@@ -110,8 +120,29 @@ impl Batch {
                     b.0, kv.num_blocks
                 )));
             }
-            if let Some(t) = s.tokens.iter().find(|t| **t as usize >= vocab) {
-                return Err(bad(format!("token {t} outside vocab {vocab}")));
+            for (pos, t) in (s.start_pos..).zip(&s.tokens) {
+                if is_embed_token(*t) {
+                    let row = s.embeds.as_ref().and_then(|e| e.row(pos));
+                    match (row, embed_width) {
+                        (_, None) => {
+                            return Err(bad("this backend takes no embedding rows".into()));
+                        }
+                        (None, _) => {
+                            return Err(bad(format!(
+                                "position {pos} holds an embedding token but no embedding row"
+                            )));
+                        }
+                        (Some(r), Some(w)) if r.len() != w => {
+                            return Err(bad(format!(
+                                "embedding rows of {} values, the model's hidden size is {w}",
+                                r.len()
+                            )));
+                        }
+                        _ => {}
+                    }
+                } else if *t as usize >= vocab {
+                    return Err(bad(format!("token {t} outside vocab {vocab}")));
+                }
             }
             if let Some(sl) = s.slot_mapping.iter().find(|x| u64::from(**x) >= slots) {
                 return Err(bad(format!("slot {sl} beyond the cache")));

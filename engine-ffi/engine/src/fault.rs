@@ -123,6 +123,7 @@ mod tests {
                     num_blocks: 1,
                     block_size: 4,
                 },
+                embed_width: None,
             }
         }
         fn forward(&mut self, _: &Batch) -> Result<BatchOutput> {

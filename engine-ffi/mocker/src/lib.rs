@@ -112,6 +112,8 @@ impl Executor for MockerExecutor {
             vocab_size: self.cfg.vocab_size,
             max_context: self.cfg.max_context,
             kv: self.cfg.kv,
+            // A simulated engine has no hidden states to put rows into.
+            embed_width: None,
         }
     }
 
@@ -197,6 +199,7 @@ mod tests {
             block_table: (0..blocks as u32).map(BlockId).collect(),
             slot_mapping: (start..start + n as u32).collect(),
             sample: true,
+            embeds: None,
             sampling: SamplingContext {
                 params: Arc::new(SamplingParams {
                     seed: Some(seed),

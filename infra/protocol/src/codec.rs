@@ -56,6 +56,7 @@ mod tests {
             },
             dp_rank: DpRank(1),
             extra_hash_key: 0,
+            prompt_embeds: None,
         };
         assert_eq!(
             decode::<PreprocessedRequest>(&encode(&r).unwrap()).unwrap(),

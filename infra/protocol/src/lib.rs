@@ -4,6 +4,7 @@
 pub mod codec;
 pub mod disagg;
 pub mod discovery;
+pub mod embeds;
 pub mod error;
 pub mod hashing;
 pub mod ids;
@@ -14,6 +15,7 @@ pub mod stream;
 
 pub use disagg::{KvLayout, PrefillDone, RemotePrefill};
 pub use discovery::{InstanceRecord, ModelRecord, TransferInfo, WorkerRole, names};
+pub use embeds::{EmbedSpan, PromptEmbeds, is_embed_token};
 pub use error::{ErrorInfo, ErrorKind};
 pub use ids::{BlockHash, BlockId, DpRank, InstanceId, RequestId, TokenId};
 pub use kv::{KvEvent, KvEventBatch, KvEventData, StorageTier, WorkerLoad};

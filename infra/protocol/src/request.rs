@@ -1,8 +1,10 @@
 //! What the frontend sends a worker, and what the worker streams back.
 
+use crate::embeds::PromptEmbeds;
 use crate::ids::{DpRank, RequestId, TokenId};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// How to pick the next token. Defaults are greedy with no penalties.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -122,6 +124,10 @@ pub struct PreprocessedRequest {
     /// Mixed into block hashes (multimodal content, LoRA); 0 for none.
     #[serde(default)]
     pub extra_hash_key: u64,
+    /// Rows given in place of token embeddings at some prompt positions (their tokens are
+    /// embedding tokens, see [`crate::embeds`]); `None` for a text-only prompt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_embeds: Option<Arc<PromptEmbeds>>,
 }
 
 /// Why a sequence finished.

@@ -62,6 +62,7 @@ pub fn run_exact(
             },
             dp_rank: Default::default(),
             extra_hash_key: 0,
+            prompt_embeds: None,
         };
         want.insert(req.request_id, (name.clone(), expect.clone()));
         sched.enqueue(req).map_err(|e| anyhow::anyhow!("{e}"))?;

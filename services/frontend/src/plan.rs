@@ -150,6 +150,7 @@ fn choices_for(
                     },
                     dp_rank: DpRank(0),
                     extra_hash_key: 0,
+                    prompt_embeds: None,
                 },
             });
         }

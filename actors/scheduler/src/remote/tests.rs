@@ -20,6 +20,7 @@ fn req(prompt: Vec<TokenId>, max_tokens: u32) -> PreprocessedRequest {
         },
         dp_rank: Default::default(),
         extra_hash_key: 0,
+        prompt_embeds: None,
     }
 }
 

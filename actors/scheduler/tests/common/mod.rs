@@ -78,6 +78,7 @@ pub fn request(prompt: Vec<TokenId>, max_tokens: u32) -> PreprocessedRequest {
         },
         dp_rank: DpRank(0),
         extra_hash_key: 0,
+        prompt_embeds: None,
     }
 }
 
@@ -180,6 +181,7 @@ impl Executor for TestExecutor {
             vocab_size: VOCAB,
             max_context: self.max_context,
             kv: self.kv,
+            embed_width: None,
         }
     }
 

@@ -4,9 +4,10 @@
 
 use ferrite_cpu::{CpuExecutor, CpuOptions};
 use ferrite_engine::{Batch, SamplingContext, SeqInput, slot_for};
-use ferrite_protocol::{BlockId, RequestId};
+use ferrite_protocol::{BlockId, PromptEmbeds, RequestId};
 use serde_json::Value;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 pub fn models_dir() -> PathBuf {
     match std::env::var("FERRITE_TEST_MODELS") {
@@ -104,6 +105,8 @@ pub struct Seq {
     pub eos: Option<u32>,
     /// Logits of each sampled step.
     pub logits: Vec<Vec<f32>>,
+    /// Precomputed embedding rows of the prompt.
+    pub embeds: Option<Arc<PromptEmbeds>>,
 }
 
 impl Seq {
@@ -117,6 +120,7 @@ impl Seq {
             max_new,
             eos,
             logits: Vec::new(),
+            embeds: None,
         }
     }
     pub fn generated(&self) -> &[u32] {
@@ -153,6 +157,7 @@ impl Alloc {
             block_table: s.blocks.clone(),
             slot_mapping,
             sample: end == s.tokens.len(),
+            embeds: s.embeds.clone(),
             sampling: SamplingContext::default(),
         };
         s.cached = end;

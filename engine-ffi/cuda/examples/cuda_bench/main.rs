@@ -56,6 +56,7 @@ fn seq(tokens: &[u32], start: u32, blocks: &[BlockId]) -> SeqInput {
             .map(|i| slot_for(blocks, 16, start + i).unwrap_or(0))
             .collect(),
         sample: true,
+        embeds: None,
         sampling: SamplingContext::default(),
     }
 }
@@ -190,6 +191,7 @@ fn serve(
             },
             dp_rank: DpRank(0),
             extra_hash_key: 0,
+            prompt_embeds: None,
         })
         .map_err(|e| anyhow::anyhow!("{}", e.message))?;
     }

@@ -91,6 +91,7 @@ fn one_seq(tokens: &[u32], start: u32, blocks: &[u32]) -> SeqInput {
             .collect(),
         block_table: bt,
         sample: true,
+        embeds: None,
         sampling: SamplingContext::default(),
     }
 }

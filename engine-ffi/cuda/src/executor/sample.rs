@@ -191,6 +191,7 @@ mod tests {
             block_table: vec![ferrite_protocol::BlockId(0); 3],
             slot_mapping: vec![41],
             sample: true,
+            embeds: None,
             sampling: SamplingContext {
                 params: Arc::new(p),
                 ..Default::default()

@@ -149,6 +149,7 @@ pub fn generate(
             block_table: blocks,
             slot_mapping,
             sample: true,
+            embeds: None,
             sampling: SamplingContext {
                 params: params.clone(),
                 history: Some(tokens.as_slice().into()),
