@@ -29,6 +29,49 @@ fn run(s: &mut Scheduler, ex: &mut TestExecutor) -> (HashMap<RequestId, Collecte
     (got, steps)
 }
 
+/// A request whose prompt is `[1, 2]`, then `rows` embedding rows of `width` values, then `3`.
+fn with_rows(rows: usize, width: u32) -> ferrite_protocol::PreprocessedRequest {
+    let mut tokens = vec![1, 2];
+    let mut e = ferrite_protocol::PromptEmbeds::new(width);
+    e.append(&mut tokens, vec![0.25; rows * width as usize]);
+    tokens.push(3);
+    let mut r = request(tokens, 4);
+    r.prompt_embeds = Some(std::sync::Arc::new(e));
+    r
+}
+
+#[test]
+fn embedding_rows_are_checked_at_admission_and_reach_the_engine() {
+    // An engine that takes no rows: refused.
+    let mut s = Scheduler::new(cfg(16, 4, 64)).unwrap();
+    let e = s.enqueue(with_rows(3, 8)).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::InvalidRequest);
+    assert!(e.message.contains("token ids only"), "{}", e.message);
+
+    let mut c = cfg(16, 4, 64);
+    c.embed_width = Some(8);
+    let mut s = Scheduler::new(c).unwrap();
+    let e = s.enqueue(with_rows(3, 6)).unwrap_err();
+    assert!(e.message.contains("hidden size is 8"), "{}", e.message);
+    let mut stray = with_rows(3, 8);
+    stray.prompt_embeds = None;
+    let e = s.enqueue(stray).unwrap_err();
+    assert!(e.message.contains("no embedding rows"), "{}", e.message);
+    let mut forged = with_rows(3, 8);
+    forged.token_ids[3] ^= 1;
+    let e = s.enqueue(forged).unwrap_err();
+    assert!(e.message.contains("position 3"), "{}", e.message);
+
+    let ok = with_rows(3, 8);
+    let rows = ok.prompt_embeds.clone();
+    s.enqueue(ok).unwrap();
+    let batch = s.schedule().unwrap();
+    assert_eq!(
+        batch.seqs[0].embeds, rows,
+        "the rows go to the engine with the prompt"
+    );
+}
+
 #[test]
 fn validation_errors_are_clear() {
     let mut s = Scheduler::new(cfg(8, 4, 20)).unwrap();

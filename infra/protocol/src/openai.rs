@@ -71,8 +71,17 @@ pub struct CommonParams {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ContentPart {
-    Text { text: String },
-    ImageUrl { image_url: Value },
+    Text {
+        text: String,
+    },
+    ImageUrl {
+        image_url: Value,
+    },
+    /// Precomputed input embeddings (Ferrite extension): a base64 safetensors file with one
+    /// `[rows, hidden]` tensor, spliced into the prompt where the part stands.
+    InputEmbeds {
+        input_embeds: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -91,7 +100,7 @@ impl MessageContent {
                 .iter()
                 .filter_map(|p| match p {
                     ContentPart::Text { text } => Some(text.as_str()),
-                    ContentPart::ImageUrl { .. } => None,
+                    ContentPart::ImageUrl { .. } | ContentPart::InputEmbeds { .. } => None,
                 })
                 .collect::<Vec<_>>()
                 .join(""),
@@ -151,10 +160,33 @@ pub enum PromptField {
     TokenLists(Vec<Vec<u32>>),
 }
 
+/// A string or a list of strings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    pub fn to_vec(&self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s.clone()],
+            OneOrMany::Many(v) => v.clone(),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CompletionRequest {
     pub model: String,
-    pub prompt: PromptField,
+    /// Required unless `prompt_embeds` is given.
+    #[serde(default)]
+    pub prompt: Option<PromptField>,
+    /// Prompts given as precomputed embeddings (vLLM's name; base64 safetensors, one
+    /// `[rows, hidden]` tensor each), instead of `prompt`.
+    #[serde(default)]
+    pub prompt_embeds: Option<OneOrMany>,
     pub max_tokens: Option<u32>,
     #[serde(default)]
     pub echo: bool,
@@ -402,9 +434,21 @@ mod tests {
     fn prompt_forms() {
         let t: CompletionRequest =
             serde_json::from_str(r#"{"model":"m","prompt":[1,2,3]}"#).unwrap();
-        assert_eq!(t.prompt, PromptField::Tokens(vec![1, 2, 3]));
+        assert_eq!(t.prompt, Some(PromptField::Tokens(vec![1, 2, 3])));
         let s: CompletionRequest = serde_json::from_str(r#"{"model":"m","prompt":"x"}"#).unwrap();
-        assert_eq!(s.prompt, PromptField::Text("x".into()));
+        assert_eq!(s.prompt, Some(PromptField::Text("x".into())));
+        let e: CompletionRequest =
+            serde_json::from_str(r#"{"model":"m","prompt_embeds":["QQ==","Qg=="]}"#).unwrap();
+        assert_eq!(e.prompt, None);
+        assert_eq!(
+            e.prompt_embeds.unwrap().to_vec(),
+            vec!["QQ==".to_string(), "Qg==".to_string()]
+        );
+        let c: ChatMessage = serde_json::from_str(
+            r#"{"role":"user","content":[{"type":"text","text":"a"},{"type":"input_embeds","input_embeds":"QQ=="}]}"#,
+        )
+        .unwrap();
+        assert_eq!(c.content.unwrap().text(), "a");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 pub mod choice;
 pub mod config;
+pub mod embeds;
 pub mod error;
 pub mod fields;
 pub mod generate;

@@ -5,7 +5,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::tools::parse::ToolFormat;
 use ferrite_model::{ChatTemplate, Detokenizer, ModelCard};
 use ferrite_protocol::openai::ChatMessage;
-use ferrite_protocol::{ErrorKind, ModelRecord, TokenId};
+use ferrite_protocol::{ErrorKind, ModelRecord, TokenId, is_embed_token};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -16,6 +16,8 @@ pub struct ServedModel {
     pub name: String,
     pub context_length: u32,
     pub vocab_size: u32,
+    /// Width of precomputed embedding rows (config.json's `hidden_size`).
+    pub hidden_size: u32,
     pub eos_ids: Vec<TokenId>,
     pub simulated: bool,
     card: Arc<ModelCard>,
@@ -29,6 +31,7 @@ impl ServedModel {
             name: record.name.clone(),
             context_length: record.context_length,
             vocab_size: card.tokenizer.vocab_size() as u32,
+            hidden_size: card.config.hidden_size as u32,
             eos_ids: card.eos_token_ids.clone(),
             simulated: record.simulated,
             card: Arc::new(card),
@@ -83,9 +86,15 @@ impl ServedModel {
         )
     }
 
+    /// A detokenizer continuing `prompt` (its text after the last embedding row: rows
+    /// have no text).
     pub fn detokenizer(&self, prompt: &[TokenId]) -> Detok {
+        let text_tail = prompt
+            .iter()
+            .rposition(|t| is_embed_token(*t))
+            .map_or(prompt, |i| &prompt[i + 1..]);
         Detok {
-            inner: Detokenizer::with_prompt(prompt, true),
+            inner: Detokenizer::with_prompt(text_tail, true),
             card: self.card.clone(),
         }
     }

@@ -1,6 +1,7 @@
 //! Turns a chat or completions request into a `Plan`: the tokenized prompts, the
 //! per-choice `PreprocessedRequest`s, and what the response must look like.
 
+use crate::embeds;
 use crate::error::{ApiError, ApiResult};
 use crate::guided;
 use crate::model_io::ServedModel;
@@ -11,7 +12,8 @@ use ferrite_protocol::openai::{
     PromptField,
 };
 use ferrite_protocol::{
-    DpRank, GuidedDecoding, PreprocessedRequest, RequestId, SamplingParams, StopConditions, TokenId,
+    DpRank, GuidedDecoding, PreprocessedRequest, PromptEmbeds, RequestId, SamplingParams,
+    StopConditions, TokenId,
 };
 use std::sync::Arc;
 
@@ -108,9 +110,12 @@ struct Shared<'a> {
     names: LengthParams,
 }
 
+/// One choice per prompt and `n`; `embeds[i]` are prompt `i`'s embedding rows (missing:
+/// none).
 fn choices_for(
     model: &ServedModel,
     prompts: &[Vec<TokenId>],
+    embeds: &[Option<Arc<PromptEmbeds>>],
     s: &Shared<'_>,
 ) -> ApiResult<Vec<ChoicePlan>> {
     let n = s.common.n.unwrap_or(1);
@@ -150,7 +155,7 @@ fn choices_for(
                     },
                     dp_rank: DpRank(0),
                     extra_hash_key: 0,
-                    prompt_embeds: None,
+                    prompt_embeds: embeds.get(pi).cloned().flatten(),
                 },
             });
         }
@@ -242,13 +247,14 @@ pub fn chat(req: &ChatCompletionRequest, model: Arc<ServedModel>) -> ApiResult<P
     check_guided(&model, &guided)?;
     sampling.guided = guided.map(|(g, _)| g);
     let stop_strings = validate::stop_strings(&req.common)?;
+    let (messages, rows) = embeds::extract(&req.messages, &model)?;
     let text = model.render_chat(
-        &req.messages,
+        &messages,
         req.add_generation_prompt,
         req.chat_template_kwargs.as_ref(),
         tool_plan.as_ref().map(|t| t.tools.as_slice()),
     )?;
-    let prompt = model.encode(&text, false)?;
+    let (prompt, prompt_embeds) = embeds::encode_chat(&model, &text, rows)?;
     let shared = Shared {
         common: &req.common,
         sampling,
@@ -264,7 +270,7 @@ pub fn chat(req: &ChatCompletionRequest, model: Arc<ServedModel>) -> ApiResult<P
         },
     };
     let prompts = vec![prompt];
-    let choices = choices_for(&model, &prompts, &shared)?;
+    let choices = choices_for(&model, &prompts, &[prompt_embeds.map(Arc::new)], &shared)?;
     let mut plan = Plan::new(
         Endpoint::Chat,
         &req.common,
@@ -304,17 +310,44 @@ pub fn completion(req: &CompletionRequest, model: Arc<ServedModel>) -> ApiResult
     check_guided(&model, &guided)?;
     sampling.guided = guided.map(|(g, _)| g);
     let stop_strings = validate::stop_strings(&req.common)?;
-    let (prompts, prompt_texts) = match &req.prompt {
-        PromptField::Text(t) => (vec![model.encode(t, true)?], vec![t.clone()]),
-        PromptField::Texts(ts) => {
+    let mut prompt_embeds = Vec::new();
+    let (prompts, prompt_texts) = match (&req.prompt, &req.prompt_embeds) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::invalid(
+                "prompt_embeds",
+                "give either `prompt` or `prompt_embeds`, not both",
+            ));
+        }
+        (None, None) => {
+            return Err(ApiError::invalid(
+                "prompt",
+                "`prompt` (or `prompt_embeds`) is required",
+            ));
+        }
+        (None, Some(payloads)) => {
+            validate::unsupported(
+                "echo",
+                req.echo,
+                "`echo` cannot show a prompt given as embeddings",
+            )?;
+            let mut ps = Vec::new();
+            for (tokens, e) in embeds::completion_prompts(&model, &payloads.to_vec())? {
+                ps.push(tokens);
+                prompt_embeds.push(Some(Arc::new(e)));
+            }
+            let texts = vec![String::new(); ps.len()];
+            (ps, texts)
+        }
+        (Some(PromptField::Text(t)), None) => (vec![model.encode(t, true)?], vec![t.clone()]),
+        (Some(PromptField::Texts(ts)), None) => {
             let mut ps = Vec::with_capacity(ts.len());
             for t in ts {
                 ps.push(model.encode(t, true)?);
             }
             (ps, ts.clone())
         }
-        PromptField::Tokens(ids) => (vec![ids.clone()], vec![model.decode(ids)]),
-        PromptField::TokenLists(lists) => (
+        (Some(PromptField::Tokens(ids)), None) => (vec![ids.clone()], vec![model.decode(ids)]),
+        (Some(PromptField::TokenLists(lists)), None) => (
             lists.clone(),
             lists.iter().map(|l| model.decode(l)).collect(),
         ),
@@ -322,8 +355,10 @@ pub fn completion(req: &CompletionRequest, model: Arc<ServedModel>) -> ApiResult
     if prompts.is_empty() {
         return Err(ApiError::invalid("prompt", "`prompt` must not be empty"));
     }
-    for p in &prompts {
-        validate::token_ids("prompt", p, model.vocab_size)?;
+    if req.prompt.is_some() {
+        for p in &prompts {
+            validate::token_ids("prompt", p, model.vocab_size)?;
+        }
     }
     let shared = Shared {
         common: &req.common,
@@ -335,7 +370,7 @@ pub fn completion(req: &CompletionRequest, model: Arc<ServedModel>) -> ApiResult
             max: "max_tokens",
         },
     };
-    let choices = choices_for(&model, &prompts, &shared)?;
+    let choices = choices_for(&model, &prompts, &prompt_embeds, &shared)?;
     if choices.len() > validate::MAX_N as usize {
         return Err(ApiError::invalid(
             "n",
