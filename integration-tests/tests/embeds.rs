@@ -2,7 +2,8 @@
 //! workers serving SmolLM2-135M): rows equal to the model's own token embeddings give the
 //! text prompt's greedy output token for token (chat `input_embeds` parts and completions
 //! `prompt_embeds`); the prefix cache shares blocks before the rows and never across
-//! different rows; bad rows are a 400; a request with rows survives its worker's SIGKILL.
+//! different rows; bad rows are a 400, rows over the bus's payload limit a 413; a request
+//! with rows survives its worker's SIGKILL.
 
 use base64::Engine as _;
 use ferrite_cpu::{CpuExecutor, CpuOptions};
@@ -169,6 +170,19 @@ async fn embedding_rows_reproduce_text_prompts_through_the_cluster() -> anyhow::
         (s, e["error"]["param"].as_str()),
         (400, Some("prompt_embeds"))
     );
+
+    // Rows over NATS's payload limit (1 MiB by default): 413 saying so, not a lost request.
+    let big = b64_rows(&vec![0.25; 600 * width], width);
+    let (s, e) = post(
+        &c,
+        "/v1/completions",
+        None,
+        &json!({"model": "smollm2", "prompt_embeds": big, "max_tokens": 2}),
+    )
+    .await;
+    assert_eq!(s, 413, "{e}");
+    let msg = e["error"]["message"].as_str().unwrap_or_default();
+    assert!(msg.contains("max_payload"), "{msg}");
 
     // Migration: the rows travel with the request to the other worker.
     let n = 60;

@@ -10,6 +10,8 @@ pub enum ErrorKind {
     InvalidRequest,
     /// The requested model is not served.
     ModelNotFound,
+    /// The request is larger than a limit on its way (the message bus's payload size).
+    PayloadTooLarge,
     /// Too many requests: queue full.
     Overloaded,
     /// No live instance can take the request.
@@ -32,6 +34,7 @@ impl ErrorKind {
         match self {
             ErrorKind::InvalidRequest => 400,
             ErrorKind::ModelNotFound => 404,
+            ErrorKind::PayloadTooLarge => 413,
             ErrorKind::Overloaded => 429,
             ErrorKind::Unavailable | ErrorKind::WorkerLost => 503,
             ErrorKind::ClientClosed | ErrorKind::Cancelled => 499,
@@ -43,7 +46,7 @@ impl ErrorKind {
     /// The metric label and OpenAI error `type` of this kind.
     pub fn label(self) -> &'static str {
         match self {
-            ErrorKind::InvalidRequest => "invalid_request_error",
+            ErrorKind::InvalidRequest | ErrorKind::PayloadTooLarge => "invalid_request_error",
             ErrorKind::ModelNotFound => "model_not_found",
             ErrorKind::Overloaded => "overloaded",
             ErrorKind::Unavailable => "service_unavailable",

@@ -15,6 +15,9 @@ pub enum RuntimeError {
     /// The etcd or NATS connection failed, or the server refused an operation.
     #[error("connection: {0}")]
     Connection(String),
+    /// A payload is over the bus's size limit (NATS `max_payload`); the message says both.
+    #[error("too large: {0}")]
+    TooLarge(String),
     /// A payload could not be encoded or decoded.
     #[error("codec: {0}")]
     Codec(#[from] CodecError),

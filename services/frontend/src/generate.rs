@@ -179,6 +179,12 @@ pub fn run_choice(
                     exclude.push(instance);
                     continue;
                 }
+                Err(RuntimeError::TooLarge(m)) => {
+                    yield Err(ErrorInfo::new(ErrorKind::PayloadTooLarge, format!(
+                        "the request is too large for the message bus to a worker: {m}; send \
+                         fewer embedding rows or raise the NATS server's max_payload")));
+                    return;
+                }
                 Err(e) => {
                     yield Err(ErrorInfo::new(ErrorKind::Internal, format!("sending to worker {instance}: {e}")));
                     return;

@@ -100,6 +100,9 @@ impl Bus for NatsBus {
             Err(e) => Err(match e.kind() {
                 RequestErrorKind::NoResponders => RuntimeError::NoResponders,
                 RequestErrorKind::TimedOut => RuntimeError::Timeout,
+                RequestErrorKind::MaxPayloadExceeded => {
+                    RuntimeError::TooLarge(format!("{e} (NATS max_payload)"))
+                }
                 _ => RuntimeError::Connection(format!("nats request: {e}")),
             }),
         }
