@@ -1,7 +1,10 @@
 //! Prefill and decode throughput of the CPU backend at several batch sizes.
 //!
 //! `cargo run --release -p ferrite-cpu --example bench -- --model PATH [--prompt 128]
-//!  [--gen 32] [--batches 1,8,32] [--threads 0]`
+//!  [--gen 32] [--batches 1,8,32] [--threads 0] [--f32-activations off|on|both]`
+//!
+//! `both` runs the quantised-activation path and the float32-activation path in one
+//! process and prints the float32 path's speed as a ratio of the default's.
 
 use ferrite_cpu::{CpuExecutor, CpuOptions};
 use ferrite_engine::{Batch, Executor, SamplingContext, SeqInput, slot_for};
@@ -14,6 +17,8 @@ struct Args {
     generate: usize,
     batches: Vec<usize>,
     threads: usize,
+    /// Which activation paths to run: `[false]`, `[true]` or `[false, true]`.
+    f32_activations: Vec<bool>,
 }
 
 fn parse() -> anyhow::Result<Args> {
@@ -23,6 +28,7 @@ fn parse() -> anyhow::Result<Args> {
         generate: 32,
         batches: vec![1, 8, 32],
         threads: 0,
+        f32_activations: vec![false],
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -34,6 +40,14 @@ fn parse() -> anyhow::Result<Args> {
             "--prompt" => a.prompt = v.parse()?,
             "--gen" => a.generate = v.parse()?,
             "--threads" => a.threads = v.parse()?,
+            "--f32-activations" => {
+                a.f32_activations = match v.as_str() {
+                    "off" => vec![false],
+                    "on" => vec![true],
+                    "both" => vec![false, true],
+                    _ => anyhow::bail!("--f32-activations takes off, on or both"),
+                }
+            }
             "--batches" => a.batches = v.split(',').map(str::parse).collect::<Result<_, _>>()?,
             other => anyhow::bail!("unknown flag {other}"),
         }
@@ -73,6 +87,24 @@ fn input(s: &mut Seq, next_block: &mut u32, bs: u32) -> SeqInput {
 
 fn main() -> anyhow::Result<()> {
     let a = parse()?;
+    let mut runs = Vec::new();
+    for &f32_activations in &a.f32_activations {
+        println!("f32_activations: {f32_activations}");
+        runs.push(run(&a, f32_activations)?);
+    }
+    if let [base, f32s] = runs.as_slice() {
+        println!("| batch | prefill f32/quantised | decode f32/quantised |");
+        println!("|---|---|---|");
+        for ((b, p0, d0), (_, p1, d1)) in base.iter().zip(f32s) {
+            println!("| {b} | {:.2} | {:.2} |", p1 / p0, d1 / d0);
+        }
+    }
+    Ok(())
+}
+
+/// One table; returns (batch, prefill tok/s, decode tok/s) per batch size.
+fn run(a: &Args, f32_activations: bool) -> anyhow::Result<Vec<(usize, f64, f64)>> {
+    let mut rows = Vec::new();
     let bs = 16u32;
     let max_b = a.batches.iter().copied().max().unwrap_or(1);
     let per_seq = (a.prompt + a.generate).div_ceil(bs as usize) + 1;
@@ -80,6 +112,7 @@ fn main() -> anyhow::Result<()> {
         num_kv_blocks: (max_b * per_seq) as u32,
         block_size: bs,
         threads: a.threads,
+        f32_activations,
         ..Default::default()
     };
     let t0 = Instant::now();
@@ -140,6 +173,11 @@ fn main() -> anyhow::Result<()> {
             (b * a.generate) as f64 / decode,
             decode * 1000.0 / a.generate as f64
         );
+        rows.push((
+            b,
+            (b * a.prompt) as f64 / prefill,
+            (b * a.generate) as f64 / decode,
+        ));
     }
-    Ok(())
+    Ok(rows)
 }

@@ -70,6 +70,12 @@ pub struct ModelArgs {
     /// the throughput of big batches, same batch-1 speed (docs/benchmarks/cuda.md).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "FERRITE_CUDA_BATCH_INVARIANT")]
     pub cuda_batch_invariant: bool,
+    /// CPU engine on quantised weights (GGUF Q4_0/Q4_1/Q8_0): keep activations in float32
+    /// instead of quantising them to 8 bits as llama.cpp does. Follows a float32 reference
+    /// within 3e-6 relative (8-bit activations can flip greedy choices whose top-2 margin is
+    /// small), at a speed cost measured in docs/benchmarks/cpu.md.
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set, env = "FERRITE_CPU_F32_ACTIVATIONS")]
+    pub cpu_f32_activations: bool,
     /// Per-step token budget of the scheduler.
     #[arg(long, default_value_t = 2048, env = "FERRITE_MAX_BATCHED_TOKENS")]
     pub max_batched_tokens: usize,

@@ -80,7 +80,7 @@ fn cpu(args: &ModelArgs, model: &ModelChoice) -> anyhow::Result<Box<dyn Executor
         num_kv_blocks,
         block_size: args.kv_block_size,
         threads: 0,
-        f32_activations: false,
+        f32_activations: args.cpu_f32_activations,
     };
     let exec = ferrite_cpu::CpuExecutor::load(&model.path, opts)
         .with_context(|| format!("loading {}", model.path.display()))?;
