@@ -113,7 +113,6 @@ fn run(a: &Args, f32_activations: bool) -> anyhow::Result<Vec<(usize, f64, f64)>
         block_size: bs,
         threads: a.threads,
         f32_activations,
-        ..Default::default()
     };
     let t0 = Instant::now();
     let mut ex = CpuExecutor::load(std::path::Path::new(&a.model), opts)?;
