@@ -3,13 +3,14 @@
 //! text prompt's greedy output token for token (chat `input_embeds` parts and completions
 //! `prompt_embeds`); the prefix cache shares blocks before the rows and never across
 //! different rows; bad rows are a 400, rows over the bus's payload limit a 413; a request
-//! with rows survives its worker's SIGKILL.
+//! with rows survives its worker's SIGKILL; a disaggregated prefill worker computes the
+//! rows' KV for a decode worker.
 
 use base64::Engine as _;
 use ferrite_cpu::{CpuExecutor, CpuOptions};
 use ferrite_integration_tests::cluster::{Cluster, ClusterSpec, token_ids};
-use ferrite_integration_tests::smollm2_gguf;
 use ferrite_integration_tests::sse::SseStream;
+use ferrite_integration_tests::{metric, smollm2_gguf};
 use ferrite_protocol::is_embed_token;
 use safetensors::{Dtype, tensor::TensorView};
 use serde_json::{Value, json};
@@ -212,5 +213,70 @@ async fn embedding_rows_reproduce_text_prompts_through_the_cluster() -> anyhow::
     }
     assert!(killed, "the stream ended before its worker could be killed");
     assert_eq!(got, want, "the migrated request lost its rows");
+    Ok(())
+}
+
+/// One prefill and one decode worker (stories260k, TCP transfer): a prompt given as rows is
+/// prefilled remotely and gives the text prompt's tokens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_prefill_worker_computes_the_rows_kv_for_a_decode_worker() -> anyhow::Result<()> {
+    let model = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../services/ferrite/assets/stories260k"
+    );
+    let mut spec = ClusterSpec::mocker(2, "1");
+    spec.worker_args = ["--engine", "cpu", "--model", model, "--kv-transport", "tcp"]
+        .map(String::from)
+        .to_vec();
+    spec.per_worker_args = vec![
+        vec!["--role".into(), "prefill".into()],
+        ["--role", "decode", "--max-local-prefill-tokens", "0"]
+            .map(String::from)
+            .to_vec(),
+    ];
+    let c = Cluster::start(spec).await?;
+    let opts = CpuOptions {
+        num_kv_blocks: 4,
+        block_size: 16,
+        threads: 1,
+        f32_activations: false,
+    };
+    let ex = CpuExecutor::load(Path::new(model), opts)?;
+    let card = ferrite_model::ModelCard::load(Path::new(model))?;
+    let prompt = card.tokenizer.encode(
+        "The little dog ran to the park and saw a big red ball",
+        true,
+    )?;
+    let body = |p: Value| {
+        let mut b = json!({"model": "stories260k", "max_tokens": 24, "temperature": 0,
+            "ignore_eos": true, "return_token_ids": true});
+        b.as_object_mut()
+            .map(|o| o.extend(p.as_object().cloned().unwrap_or_default()));
+        b
+    };
+    let (s, text) = post(
+        &c,
+        "/v1/completions",
+        None,
+        &body(json!({"prompt": prompt})),
+    )
+    .await;
+    assert_eq!(s, 200, "{text}");
+    let rows = b64_rows(&ex.token_embeddings(&prompt), ex.config().hidden);
+    let (s, e) = post(
+        &c,
+        "/v1/completions",
+        None,
+        &body(json!({"prompt_embeds": rows})),
+    )
+    .await;
+    assert_eq!(s, 200, "{e}");
+    assert_eq!(token_ids(&e["choices"][0]), token_ids(&text["choices"][0]));
+    assert_eq!(token_ids(&e["choices"][0]).len(), 24);
+    let remote = metric(
+        &c.worker_metrics(1).await?,
+        "ferrite_worker_disagg_requests_total{prefill=\"remote\"}",
+    );
+    assert_eq!(remote, Some(2.0), "both requests were prefilled remotely");
     Ok(())
 }
