@@ -250,8 +250,9 @@ async fn a_prefill_worker_computes_the_rows_kv_for_a_decode_worker() -> anyhow::
     let body = |p: Value| {
         let mut b = json!({"model": "stories260k", "max_tokens": 24, "temperature": 0,
             "ignore_eos": true, "return_token_ids": true});
-        b.as_object_mut()
-            .map(|o| o.extend(p.as_object().cloned().unwrap_or_default()));
+        if let (Some(o), Some(extra)) = (b.as_object_mut(), p.as_object()) {
+            o.extend(extra.clone());
+        }
         b
     };
     let (s, text) = post(
