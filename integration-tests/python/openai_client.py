@@ -114,6 +114,29 @@ def main():
         check(calls and calls[0].function.name == "get_weather", f"tool calls {calls}")
         check("city" in json.loads(calls[0].function.arguments), "arguments")
         check(r.choices[0].finish_reason == "tool_calls", r.choices[0].finish_reason)
+        # The same forced call streamed: the client's own chunk types put the fragments
+        # together (id and name first, then the arguments piece by piece).
+        stream = c.chat.completions.create(
+            model=model, temperature=0, max_tokens=100, tools=tools, stream=True,
+            messages=[{"role": "user", "content": "Weather in Paris?"}],
+            tool_choice={"type": "function", "function": {"name": "get_weather"}},
+        )
+        name, args, pieces, finish = None, "", 0, None
+        for chunk in stream:
+            ch = chunk.choices[0]
+            for tc in ch.delta.tool_calls or []:
+                check(tc.index == 0, f"tool call index {tc.index}")
+                if tc.function.name:
+                    check(name is None and tc.id and tc.id.startswith("call_"), f"header {tc}")
+                    name = tc.function.name
+                if tc.function.arguments:
+                    args += tc.function.arguments
+                    pieces += 1
+            finish = ch.finish_reason or finish
+        check(name == "get_weather", f"streamed name {name}")
+        check(json.loads(args) == json.loads(calls[0].function.arguments), f"streamed args {args!r}")
+        check(pieces > 1, f"arguments in {pieces} piece(s)")
+        check(finish == "tool_calls", f"streamed finish {finish}")
 
     print("openai client: all checks passed")
 

@@ -421,7 +421,8 @@ async fn structured_output_and_forced_tool_calls() -> anyhow::Result<()> {
         assert_eq!(v["choices"][0]["finish_reason"], "tool_calls");
     }
     // `auto`: the model's own Hermes-style call (forced here by a regex so a 135M model
-    // writes one) is parsed out of the stream into `delta.tool_calls`.
+    // writes one) is parsed out of the stream into `delta.tool_calls`: id and name first,
+    // then the arguments in fragments, before the last chunk.
     let body = chat_body(json!({"max_tokens": 60, "tools": tools, "stream": true,
         "guided_regex": r#"<tool_call>\{"name": "get_weather", "arguments": \{"city": "Paris"\}\}</tool_call>"#}));
     let (events, done) = SseStream::open(&c, &chat, &body).await?.collect().await?;
@@ -437,11 +438,46 @@ async fn structured_output_and_forced_tool_calls() -> anyhow::Result<()> {
         .cloned()
         .unwrap_or_default();
     assert_eq!(last["choices"][0]["finish_reason"], "tool_calls", "{last}");
-    let call = &last["choices"][0]["delta"]["tool_calls"][0];
-    assert_eq!(call["index"], 0);
-    assert_eq!(call["type"], "function");
-    assert_eq!(call["function"]["name"], "get_weather");
-    assert_eq!(call["function"]["arguments"], r#"{"city":"Paris"}"#);
+    let deltas: Vec<(usize, Value)> = events
+        .iter()
+        .enumerate()
+        .flat_map(|(i, e)| {
+            let calls = e["choices"][0]["delta"]["tool_calls"].as_array().cloned();
+            calls.into_iter().flatten().map(move |c| (i, c))
+        })
+        .collect();
+    let (first_at, first) = deltas.first().cloned().unwrap_or_default();
+    assert_eq!(first["index"], 0);
+    assert_eq!(first["type"], "function");
+    assert_eq!(first["function"]["name"], "get_weather");
+    assert!(
+        first["id"]
+            .as_str()
+            .is_some_and(|id| id.starts_with("call_"))
+    );
+    assert!(
+        deltas
+            .iter()
+            .skip(1)
+            .all(|(_, d)| d["index"] == 0 && d.get("id").is_none())
+    );
+    let args: String = deltas
+        .iter()
+        .filter_map(|(_, d)| d["function"]["arguments"].as_str())
+        .collect();
+    assert_eq!(args, r#"{"city":"Paris"}"#);
+    assert!(
+        deltas.len() > 2,
+        "the arguments came in one piece: {deltas:?}"
+    );
+    let last_at = events
+        .iter()
+        .rposition(|e| !e["choices"][0]["finish_reason"].is_null())
+        .unwrap_or(0);
+    assert!(
+        first_at < last_at,
+        "the call's name came only with the last chunk"
+    );
     let url2 = url.clone();
     tokio::task::spawn_blocking(move || run_python(&url2, &["--structured"])).await?
 }

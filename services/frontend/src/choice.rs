@@ -3,7 +3,7 @@
 use crate::model_io::{Detok, ServedModel};
 use crate::tools::OutputMode;
 use crate::tools::stream::ToolStream;
-use ferrite_protocol::openai::ToolCall;
+use ferrite_protocol::openai::{ToolCall, ToolCallDelta};
 use ferrite_protocol::{EngineOutput, FinishReason, TokenId, TokenLogprob};
 
 /// What one engine output adds to a choice.
@@ -15,8 +15,8 @@ pub struct Delta {
     pub finish_reason: Option<FinishReason>,
     /// A stop string ended the choice: the worker must be told to stop.
     pub stopped_by_string: bool,
-    /// Tool calls parsed from the output (only in the delta that finishes the choice).
-    pub tool_calls: Vec<ToolCall>,
+    /// Tool-call deltas: a call's id and name, then its arguments in fragments.
+    pub tool_calls: Vec<ToolCallDelta>,
 }
 
 /// The state of one choice while it streams.
@@ -34,7 +34,10 @@ pub struct ChoiceState {
     tools: Option<ToolStream>,
     /// The text released as content (all of `text()` unless tool calls were taken out).
     content: String,
+    /// The calls parsed from the whole output (when the choice ended).
     pub tool_calls: Vec<ToolCall>,
+    /// Some tool-call delta was produced.
+    called: bool,
 }
 
 impl ChoiceState {
@@ -61,6 +64,7 @@ impl ChoiceState {
             tools: tools.map(ToolStream::new),
             content: String::new(),
             tool_calls: Vec::new(),
+            called: false,
         }
     }
 
@@ -71,7 +75,7 @@ impl ChoiceState {
 
     /// OpenAI's `finish_reason`: `tool_calls` when the output was tool calls.
     pub fn finish_reason(&self) -> Option<String> {
-        finish_string(self.finish, !self.tool_calls.is_empty())
+        finish_string(self.finish, self.called || !self.tool_calls.is_empty())
     }
 
     /// All text produced so far (what the client has or will have).
@@ -135,15 +139,18 @@ impl ChoiceState {
             self.sent = upto;
         }
         if let Some(ts) = &mut self.tools {
-            delta.text = ts.push(&delta.text);
+            let released = ts.push(&delta.text);
+            delta.text = released.text;
+            delta.tool_calls = released.calls;
             if self.finish.is_some() {
-                let parsed = ts.finish();
+                let end = ts.finish();
                 delta
                     .text
-                    .push_str(parsed.content.as_deref().unwrap_or_default());
-                delta.tool_calls = parsed.calls;
-                self.tool_calls = delta.tool_calls.clone();
+                    .push_str(end.parsed.content.as_deref().unwrap_or_default());
+                delta.tool_calls.extend(end.deltas);
+                self.tool_calls = end.parsed.calls;
             }
+            self.called |= !delta.tool_calls.is_empty();
         }
         self.content.push_str(&delta.text);
         delta
@@ -295,19 +302,28 @@ mod tests {
         let mut st = ChoiceState::new(0, &m, &[1], vec![], false, mode);
         let mut content = String::new();
         let mut calls = Vec::new();
+        let mut early = false;
         for (i, &t) in ids.iter().enumerate() {
             let fin = (i + 1 == ids.len()).then_some(FinishReason::Stop);
             let d = st.on_output(&out(vec![t], fin));
             content.push_str(&d.text);
-            if d.finish_reason.is_some() {
-                calls = d.tool_calls.clone();
+            if d.finish_reason.is_none() && !d.tool_calls.is_empty() {
+                early = true;
             }
+            calls.extend(d.tool_calls);
         }
         assert_eq!(content, "Let me see. ");
         assert_eq!(st.content(), "Let me see. ");
-        assert_eq!(calls.len(), 1);
-        assert_eq!(calls[0].function.name, "get_weather");
-        assert_eq!(calls[0].function.arguments, "{\"city\":\"Paris\"}");
+        assert!(early, "the call streamed before the choice ended");
+        assert!(calls.iter().all(|c| c.index == 0));
+        assert_eq!(calls[0].function.name.as_deref(), Some("get_weather"));
+        assert_eq!(calls[0].id.as_ref(), Some(&st.tool_calls[0].id));
+        let args: String = calls
+            .iter()
+            .filter_map(|c| c.function.arguments.as_deref())
+            .collect();
+        assert_eq!(args, "{\"city\":\"Paris\"}");
+        assert_eq!(st.tool_calls[0].function.arguments, args);
         assert_eq!(st.finish_reason().as_deref(), Some("tool_calls"));
         assert_eq!(st.completion_tokens() as usize, ids.len());
     }

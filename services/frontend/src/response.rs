@@ -1,14 +1,13 @@
 //! Shapes deltas into OpenAI chunks and final responses.
 
-use crate::choice::{ChoiceState, Delta, finish_string};
+use crate::choice::{ChoiceState, Delta};
 use crate::model_io::ServedModel;
 use crate::plan::{Endpoint, Plan};
 use ferrite_protocol::TokenLogprob;
 use ferrite_protocol::openai::{
     AssistantMessage, ChatChoice, ChatChunkChoice, ChatCompletionChunk, ChatCompletionResponse,
     ChatDelta, ChatLogprobs, ChatTokenLogprob, CompletionChoice, CompletionLogprobs,
-    CompletionResponse, FunctionCallDelta, PromptTokensDetails, ToolCall, ToolCallDelta,
-    TopLogprob, Usage,
+    CompletionResponse, PromptTokensDetails, TopLogprob, Usage,
 };
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -137,10 +136,14 @@ pub fn chat_role_chunk(h: &Header, index: u32) -> Value {
 
 /// A streamed chunk for one delta, or `None` when it carries nothing.
 pub fn delta_chunk(plan: &Plan, h: &Header, st: &ChoiceState, d: &Delta) -> Option<Value> {
-    if d.text.is_empty() && d.finish_reason.is_none() && d.token_ids.is_empty() {
+    if d.text.is_empty()
+        && d.finish_reason.is_none()
+        && d.token_ids.is_empty()
+        && d.tool_calls.is_empty()
+    {
         return None;
     }
-    let finish_reason = finish_string(d.finish_reason, !d.tool_calls.is_empty());
+    let finish_reason = d.finish_reason.and_then(|_| st.finish_reason());
     let token_ids = plan.return_token_ids.then(|| d.token_ids.clone());
     let lp = wants_logprobs(plan);
     Some(match plan.endpoint {
@@ -155,7 +158,7 @@ pub fn delta_chunk(plan: &Plan, h: &Header, st: &ChoiceState, d: &Delta) -> Opti
                     role: None,
                     content: (!d.text.is_empty() || d.tool_calls.is_empty())
                         .then(|| d.text.clone()),
-                    tool_calls: (!d.tool_calls.is_empty()).then(|| tool_deltas(&d.tool_calls)),
+                    tool_calls: (!d.tool_calls.is_empty()).then(|| d.tool_calls.clone()),
                 },
                 logprobs: lp.then(|| chat_logprobs(&plan.model, &d.logprobs)),
                 finish_reason,
@@ -181,23 +184,6 @@ pub fn delta_chunk(plan: &Plan, h: &Header, st: &ChoiceState, d: &Delta) -> Opti
             usage: None,
         }),
     })
-}
-
-/// Each tool call as one streamed delta carrying the whole call.
-fn tool_deltas(calls: &[ToolCall]) -> Vec<ToolCallDelta> {
-    calls
-        .iter()
-        .enumerate()
-        .map(|(i, c)| ToolCallDelta {
-            index: i as u32,
-            id: Some(c.id.clone()),
-            kind: Some(c.kind.clone()),
-            function: FunctionCallDelta {
-                name: Some(c.function.name.clone()),
-                arguments: Some(c.function.arguments.clone()),
-            },
-        })
-        .collect()
 }
 
 /// The first chunk of a streamed completions choice with `echo`: the prompt text.

@@ -2,6 +2,7 @@
 //! history as the chat template wants them), and how the output is read back.
 
 pub mod parse;
+pub mod progress;
 pub mod stream;
 
 use crate::error::{ApiError, ApiResult};

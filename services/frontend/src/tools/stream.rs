@@ -1,8 +1,40 @@
 //! Tool calls in a stream: text before a tool-call marker streams as content; from the
-//! marker on the output is held and parsed when the choice ends.
+//! marker on the output is held. While it is held, each call goes out as OpenAI streams
+//! them: a first delta with its id and name once the name is complete, then its
+//! arguments (the model's JSON without whitespace outside strings) fragment by fragment.
+//! The held text is parsed when the choice ends; calls the scan could not follow
+//! (arguments before the name, or not an object) are sent whole then.
 
 use super::OutputMode;
 use super::parse::{self, HERMES_OPEN, MISTRAL_TAG, PYTHON_TAG, Parsed, ToolFormat};
+use super::progress::{self, CallProgress};
+use ferrite_protocol::openai::{FunctionCallDelta, ToolCall, ToolCallDelta};
+
+/// Past this much held text, arguments are no longer streamed (each push rescans it).
+const MAX_PROGRESSIVE: usize = 64 * 1024;
+
+/// A call whose first delta went out.
+#[derive(Debug)]
+struct Started {
+    id: String,
+    name: String,
+    /// Bytes of its minified arguments sent.
+    sent: usize,
+}
+
+/// What one push releases: content text and tool-call deltas.
+#[derive(Debug, Default, PartialEq)]
+pub struct Released {
+    pub text: String,
+    pub calls: Vec<ToolCallDelta>,
+}
+
+/// The end of a choice: the parse of the whole output, and the deltas still to send.
+#[derive(Debug, Default, PartialEq)]
+pub struct Finished {
+    pub parsed: Parsed,
+    pub deltas: Vec<ToolCallDelta>,
+}
 
 /// The tool-call side of one choice.
 #[derive(Debug)]
@@ -13,6 +45,48 @@ pub struct ToolStream {
     holding: bool,
     /// Nothing but whitespace has been released yet.
     at_start: bool,
+    started: Vec<Started>,
+}
+
+fn header(index: usize, s: &Started) -> ToolCallDelta {
+    ToolCallDelta {
+        index: index as u32,
+        id: Some(s.id.clone()),
+        kind: Some("function".into()),
+        function: FunctionCallDelta {
+            name: Some(s.name.clone()),
+            arguments: Some(String::new()),
+        },
+    }
+}
+
+fn fragment(index: usize, args: String) -> ToolCallDelta {
+    ToolCallDelta {
+        index: index as u32,
+        id: None,
+        kind: None,
+        function: FunctionCallDelta {
+            name: None,
+            arguments: Some(args),
+        },
+    }
+}
+
+/// Each call as one delta carrying the whole call, numbered from `first`.
+pub fn whole(first: usize, calls: &[ToolCall]) -> Vec<ToolCallDelta> {
+    calls
+        .iter()
+        .enumerate()
+        .map(|(i, c)| ToolCallDelta {
+            index: (first + i) as u32,
+            id: Some(c.id.clone()),
+            kind: Some(c.kind.clone()),
+            function: FunctionCallDelta {
+                name: Some(c.function.name.clone()),
+                arguments: Some(c.function.arguments.clone()),
+            },
+        })
+        .collect()
 }
 
 fn marker_prefix_len(text: &str, marker: &str) -> usize {
@@ -32,11 +106,69 @@ impl ToolStream {
             held: String::new(),
             holding,
             at_start: true,
+            started: Vec::new(),
         }
     }
 
-    /// New model text in; content that can go to the client now out.
-    pub fn push(&mut self, text: &str) -> String {
+    /// New model text in; content and tool-call deltas that can go to the client now out.
+    pub fn push(&mut self, text: &str) -> Released {
+        let text = self.release(text);
+        let calls = if self.holding && self.held.len() <= MAX_PROGRESSIVE {
+            self.progress()
+        } else {
+            Vec::new()
+        };
+        Released { text, calls }
+    }
+
+    /// Where each call stands in the held text (a forced named call: the whole text is
+    /// its arguments).
+    fn scan(&self) -> Vec<CallProgress> {
+        match &self.mode {
+            OutputMode::Forced { named: Some(name) } => {
+                let start = self.held.find(|c: char| !c.is_whitespace());
+                vec![CallProgress {
+                    name: Some(name.clone()),
+                    args: start
+                        .filter(|&s| self.held[s..].starts_with('{'))
+                        .map(|s| (s, None)),
+                }]
+            }
+            _ => progress::scan(&self.held),
+        }
+    }
+
+    /// Deltas for what the held text adds: first deltas of calls whose name and arguments
+    /// start are known (in order), and argument fragments (up to the end of the text while
+    /// an object is open).
+    fn progress(&mut self) -> Vec<ToolCallDelta> {
+        let mut out = Vec::new();
+        for (i, p) in self.scan().into_iter().enumerate() {
+            let (Some(name), Some((start, end))) = (p.name, p.args) else {
+                break;
+            };
+            if i == self.started.len() {
+                self.started.push(Started {
+                    id: parse::call_id(),
+                    name,
+                    sent: 0,
+                });
+                out.push(header(i, &self.started[i]));
+            }
+            let Some(s) = self.started.get_mut(i) else {
+                break;
+            };
+            let args = progress::minify(&self.held[start..end.unwrap_or(self.held.len())]);
+            if args.len() > s.sent {
+                out.push(fragment(i, args[s.sent..].to_string()));
+                s.sent = args.len();
+            }
+        }
+        out
+    }
+
+    /// Content that can go to the client now (all of it until a call begins).
+    fn release(&mut self, text: &str) -> String {
         self.held.push_str(text);
         if self.holding {
             return String::new();
@@ -87,13 +219,36 @@ impl ToolStream {
         out
     }
 
-    /// The choice ended: the rest of the content and the calls.
-    pub fn finish(&mut self) -> Parsed {
+    /// The choice ended: the rest of the content, the calls, and the deltas not sent yet:
+    /// the rest of each started call's arguments, then every other call whole. Started
+    /// calls keep their ids in `parsed.calls`.
+    pub fn finish(&mut self) -> Finished {
+        let mut deltas = if self.holding {
+            self.progress()
+        } else {
+            Vec::new()
+        };
         let text = std::mem::take(&mut self.held);
-        match &self.mode {
+        let mut parsed = match &self.mode {
             OutputMode::Forced { named } => parse::parse_forced(named.as_deref(), &text),
             OutputMode::Free(format) => parse::parse(*format, &text),
+        };
+        let n = self.started.len();
+        for (c, s) in parsed.calls.iter_mut().zip(&self.started) {
+            if c.function.name != s.name {
+                tracing::warn!(streamed = %s.name, parsed = %c.function.name, "a streamed tool call parsed under another name");
+            }
+            c.id = s.id.clone();
         }
+        if parsed.calls.len() < n {
+            tracing::warn!(
+                streamed = n,
+                parsed = parsed.calls.len(),
+                "tool calls were streamed that the whole output does not parse into"
+            );
+        }
+        deltas.extend(whole(n, parsed.calls.get(n..).unwrap_or_default()));
+        Finished { parsed, deltas }
     }
 }
 
@@ -101,19 +256,104 @@ impl ToolStream {
 mod tests {
     use super::*;
 
-    /// Streams `text` in pieces of `step` bytes; returns (streamed content, final parse).
+    /// Streams `text` in pieces of `step` chars; returns (streamed content, final parse).
+    /// Checks that the deltas put together per index are the parsed calls (same ids and
+    /// names, arguments equal as JSON), each starting with its id and name.
     fn run(mode: OutputMode, text: &str, step: usize) -> (String, Parsed) {
+        let (content, p, _) = run_with_pushes(mode, text, step);
+        (content, p)
+    }
+
+    /// [`run`], also returning how many argument bytes had arrived before the end.
+    fn run_with_pushes(mode: OutputMode, text: &str, step: usize) -> (String, Parsed, usize) {
         let mut s = ToolStream::new(mode);
         let mut out = String::new();
+        let mut deltas = Vec::new();
         let chars: Vec<char> = text.chars().collect();
         for piece in chars.chunks(step) {
-            out.push_str(&s.push(&piece.iter().collect::<String>()));
+            let r = s.push(&piece.iter().collect::<String>());
+            out.push_str(&r.text);
+            deltas.extend(r.calls);
         }
-        let p = s.finish();
+        let early: usize = deltas
+            .iter()
+            .filter_map(|d| d.function.arguments.as_ref().map(String::len))
+            .sum();
+        let end = s.finish();
+        deltas.extend(end.deltas);
+        let p = end.parsed;
         if let Some(c) = &p.content {
             out.push_str(c);
         }
-        (out, p)
+        let mut calls: Vec<(String, String, String)> = Vec::new();
+        for d in &deltas {
+            let i = d.index as usize;
+            if i == calls.len() {
+                let (Some(id), Some(name)) = (&d.id, &d.function.name) else {
+                    panic!("call {i} starts without id and name: {d:?}");
+                };
+                calls.push((id.clone(), name.clone(), String::new()));
+            }
+            calls[i]
+                .2
+                .push_str(d.function.arguments.as_deref().unwrap_or_default());
+        }
+        assert_eq!(calls.len(), p.calls.len(), "{deltas:?}");
+        for (c, parsed) in calls.iter().zip(&p.calls) {
+            assert_eq!((&c.0, &c.1), (&parsed.id, &parsed.function.name));
+            let a: serde_json::Value = serde_json::from_str(&c.2).expect("streamed args parse");
+            let b: serde_json::Value = serde_json::from_str(&parsed.function.arguments).unwrap();
+            assert_eq!(
+                a, b,
+                "streamed {} vs parsed {}",
+                c.2, parsed.function.arguments
+            );
+        }
+        (out, p, early)
+    }
+
+    #[test]
+    fn arguments_stream_before_the_choice_ends() {
+        let text = "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\", \"days\": [1, 2]}}\n</tool_call>\n<tool_call>{\"name\": \"t\", \"arguments\": {}}</tool_call>";
+        for step in [1, 2, 5, 9] {
+            let (content, p, early) =
+                run_with_pushes(OutputMode::Free(ToolFormat::Hermes), text, step);
+            assert_eq!(content, "");
+            assert_eq!(p.calls.len(), 2);
+            assert_eq!(
+                early,
+                "{\"city\":\"Paris\",\"days\":[1,2]}".len() + 2,
+                "step {step}"
+            );
+        }
+        let mistral = "[TOOL_CALLS][{\"name\": \"a\", \"arguments\": {\"k\": \"v\"}}, {\"name\": \"b\", \"arguments\": {}}]";
+        let (_, p, early) = run_with_pushes(OutputMode::Free(ToolFormat::Mistral), mistral, 3);
+        assert_eq!((p.calls.len(), early), (2, "{\"k\":\"v\"}".len() + 2));
+        let forced = OutputMode::Forced {
+            named: Some("f".into()),
+        };
+        let (_, p, early) = run_with_pushes(forced, "{\"a\": [1, 2], \"b\": \"x y\"}", 2);
+        assert_eq!(
+            (p.calls.len(), early),
+            (1, "{\"a\":[1,2],\"b\":\"x y\"}".len())
+        );
+        let required = OutputMode::Forced { named: None };
+        let (_, p, early) = run_with_pushes(
+            required,
+            "[{\"name\": \"g\", \"arguments\": {\"q\": 1}}]",
+            4,
+        );
+        assert_eq!((p.calls.len(), early), (1, "{\"q\":1}".len()));
+    }
+
+    #[test]
+    fn calls_the_scan_cannot_follow_arrive_whole_at_the_end() {
+        let text = "<tool_call>{\"arguments\": {\"a\": 1}, \"name\": \"f\"}</tool_call>";
+        let (_, p, early) = run_with_pushes(OutputMode::Free(ToolFormat::Hermes), text, 3);
+        assert_eq!((p.calls.len(), early), (1, 0));
+        let text = "[TOOL_CALLS]f[ARGS]{\"a\": 1}";
+        let (_, p, early) = run_with_pushes(OutputMode::Free(ToolFormat::Mistral), text, 3);
+        assert_eq!((p.calls.len(), early), (1, 0));
     }
 
     #[test]
