@@ -26,6 +26,8 @@ pub enum Disagg {
     Held,
     /// Decode side: blocks reserved while a prefill worker fills them.
     RemotePending,
+    /// Decode side: filled, first token sent, waiting for a running slot (`ready`).
+    Ready,
 }
 
 /// Blocks a decode worker reserved for a remote prefill.
@@ -125,8 +127,9 @@ impl Scheduler {
     }
 
     /// Decode side: the prompt's K/V is in the reserved blocks and `token` was sampled
-    /// after it: the sequence joins the running set to decode. Returns its first chunk
-    /// (`None` if the request is no longer pending, e.g. cancelled).
+    /// after it: the sequence joins the running set to decode, or waits in `ready` for a
+    /// slot while `max_num_seqs` run. Returns its first chunk (`None` if the request is no
+    /// longer pending, e.g. cancelled).
     pub fn complete_remote(
         &mut self,
         id: RequestId,
@@ -135,6 +138,7 @@ impl Scheduler {
     ) -> Option<EngineOutput> {
         let bs = self.cfg.block_size as usize;
         let max_seq_len = self.cfg.max_seq_len();
+        let no_slot = self.running.len() >= self.cfg.max_num_seqs;
         let seq = self.seqs.get_mut(&id)?;
         if seq.disagg != Disagg::RemotePending || seq.cancelled {
             return None;
@@ -157,10 +161,29 @@ impl Scheduler {
         };
         if finish.is_some() {
             self.remove(id);
+        } else if no_slot {
+            seq.disagg = Disagg::Ready;
+            self.ready.push_back(id);
         } else {
             self.running.push(id);
         }
         Some(out)
+    }
+
+    /// Moves finished remote prefills into free running slots, oldest first.
+    pub(crate) fn admit_ready(&mut self) {
+        while self.running.len() < self.cfg.max_num_seqs {
+            let Some(id) = self.ready.pop_front() else {
+                return;
+            };
+            match self.seqs.get_mut(&id) {
+                Some(seq) if !seq.cancelled => {
+                    seq.disagg = Disagg::None;
+                    self.running.push(id);
+                }
+                _ => self.remove(id),
+            }
+        }
     }
 
     /// Decode side: the remote prefill failed; free the reservation and queue the request
@@ -193,11 +216,16 @@ impl Scheduler {
         }
     }
 
-    /// Held and reserved sequences (neither waiting nor running).
+    /// Held, reserved and ready sequences (neither waiting nor running).
     pub(crate) fn parked(&self) -> Vec<RequestId> {
         self.seqs
             .iter()
-            .filter(|(_, s)| matches!(s.disagg, Disagg::Held | Disagg::RemotePending))
+            .filter(|(_, s)| {
+                matches!(
+                    s.disagg,
+                    Disagg::Held | Disagg::RemotePending | Disagg::Ready
+                )
+            })
             .map(|(id, _)| *id)
             .collect()
     }

@@ -41,6 +41,9 @@ pub struct Scheduler {
     pub(crate) waiting: VecDeque<RequestId>,
     /// In admission order.
     pub(crate) running: Vec<RequestId>,
+    /// Remote prefills that finished while `max_num_seqs` were running: they hold their
+    /// blocks and join `running` first when a slot frees (remote.rs).
+    pub(crate) ready: VecDeque<RequestId>,
     pub(crate) outstanding: bool,
     pub(crate) draining: bool,
     pub(crate) stats: SchedulerStats,
@@ -61,6 +64,7 @@ impl Scheduler {
             seqs: HashMap::new(),
             waiting: VecDeque::new(),
             running: Vec::new(),
+            ready: VecDeque::new(),
             outstanding: false,
             draining: false,
             stats: SchedulerStats::default(),
@@ -231,7 +235,7 @@ impl Scheduler {
 
     /// True while anything is waiting or running.
     pub fn has_work(&self) -> bool {
-        !self.waiting.is_empty() || !self.running.is_empty()
+        !self.waiting.is_empty() || !self.running.is_empty() || !self.ready.is_empty()
     }
 
     /// Whether a batch from `schedule` awaits its output.
@@ -252,7 +256,7 @@ impl Scheduler {
             .map(|s| s.pending())
             .sum();
         SchedulerStats {
-            waiting: self.waiting.len(),
+            waiting: self.waiting.len() + self.ready.len(),
             running: self.running.len(),
             active_blocks: self.pool.num_active(),
             total_blocks: self.pool.num_blocks(),
@@ -319,6 +323,15 @@ impl Scheduler {
     /// Requeues every running sequence for recompute and drops the prefix cache (emitting
     /// `Cleared`): for an engine restarted with fresh KV memory.
     pub fn reset_kv(&mut self) {
+        // Finished remote prefills waiting for a slot lost their KV too; they go behind
+        // the running ones.
+        let ready = std::mem::take(&mut self.ready);
+        for id in ready.into_iter().rev() {
+            if let Some(seq) = self.seqs.get_mut(&id) {
+                seq.disagg = crate::remote::Disagg::None;
+            }
+            self.requeue_front(id);
+        }
         let running = std::mem::take(&mut self.running);
         for id in running.into_iter().rev() {
             self.requeue_front(id);
@@ -335,6 +348,7 @@ impl Scheduler {
             self.pool.free(blocks);
         }
         self.running.retain(|r| *r != id);
+        self.ready.retain(|r| *r != id);
     }
 
     /// Frees a sequence's blocks and puts it at the front of the waiting queue to be

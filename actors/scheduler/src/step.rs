@@ -15,6 +15,7 @@ impl Scheduler {
             return None;
         }
         self.reap_cancelled();
+        self.admit_ready();
         self.discard_stray_evictions();
         let mut budget = self.cfg.max_batched_tokens;
         let mut seqs = Vec::new();

@@ -199,11 +199,14 @@ mod props {
 
     proptest! {
         /// Whatever mix of remote reservations, held prefills, completions, fallbacks,
-        /// cancels and steps: the pool stays consistent, and once everything is cancelled
-        /// or released no block is active.
+        /// cancels and steps: the pool stays consistent, no more than `max_num_seqs` run,
+        /// and once everything is cancelled or released no block is active.
         #[test]
         fn remote_ops_never_leak_blocks(ops in prop::collection::vec(op(), 1..60)) {
-            let mut s = Scheduler::new(SchedulerConfig::new(4, 24, 256)).unwrap();
+            // Two running slots: finished remote prefills often wait for one.
+            let mut cfg = SchedulerConfig::new(4, 24, 256);
+            cfg.max_num_seqs = 2;
+            let mut s = Scheduler::new(cfg).unwrap();
             let mut ids: Vec<RequestId> = Vec::new();
             for op in ops {
                 match op {
@@ -266,6 +269,7 @@ mod props {
                 }
                 prop_assert!(s.pool().check_invariants().is_ok(), "{:?}", s.pool().check_invariants());
                 prop_assert!(!s.has_outstanding_batch());
+                prop_assert!(s.stats().running <= 2);
             }
             for id in ids {
                 s.cancel(id);
@@ -274,4 +278,77 @@ mod props {
             prop_assert!(!s.has_work());
         }
     }
+}
+
+#[test]
+fn finished_remote_prefills_wait_for_a_running_slot() {
+    let mut cfg = SchedulerConfig::new(4, 32, 256);
+    cfg.max_num_seqs = 1;
+    let mut d = Scheduler::new(cfg).unwrap();
+    let (a, b, c) = (
+        req((0..6).collect(), 3),
+        req((10..16).collect(), 2),
+        req((20..26).collect(), 5),
+    );
+    let (ia, ib, ic) = (a.request_id, b.request_id, c.request_id);
+    for r in [a, b, c] {
+        d.reserve_remote(r).unwrap();
+    }
+    for id in [ia, ib, ic] {
+        let first = d.complete_remote(id, 9, None).unwrap();
+        assert_eq!(first.token_ids, vec![9], "the first token goes out at once");
+    }
+    assert_eq!(
+        d.stats().running,
+        1,
+        "--max-num-seqs 1 holds with three remote prefills"
+    );
+    assert_eq!(d.stats().waiting, 2, "the others wait for a slot");
+    assert!(d.has_work());
+    // A waiting one can be cancelled: its blocks are freed at once.
+    let active = d.pool().num_active();
+    assert!(d.cancel(ic));
+    assert_eq!(d.pool().num_active(), active - 2);
+    // `a` decodes alone until it finishes (3 tokens: 1 remote + 2 here), then `b`.
+    let mut order = Vec::new();
+    while let Some(batch) = d.schedule() {
+        assert_eq!(
+            batch.seqs.len(),
+            1,
+            "never more than max_num_seqs in a step"
+        );
+        order.push(batch.seqs[0].request_id);
+        let outputs = vec![SeqOutput {
+            request_id: batch.seqs[0].request_id,
+            token: 1,
+            logprob: None,
+        }];
+        d.on_output(&batch, BatchOutput { outputs });
+    }
+    assert_eq!(order, vec![ia, ia, ib]);
+    assert!(!d.has_work());
+    assert_eq!(d.pool().num_active(), 0);
+}
+
+#[test]
+fn an_engine_reset_recomputes_finished_remote_prefills_still_waiting() {
+    let mut cfg = SchedulerConfig::new(4, 32, 256);
+    cfg.max_num_seqs = 1;
+    let mut d = Scheduler::new(cfg).unwrap();
+    let (a, b) = (req((0..6).collect(), 4), req((10..16).collect(), 4));
+    let ib = b.request_id;
+    for r in [a, b] {
+        let id = r.request_id;
+        d.reserve_remote(r).unwrap();
+        d.complete_remote(id, 9, None).unwrap();
+    }
+    d.reset_kv();
+    // Both are recomputed from their tokens (prompt + the remote first token).
+    assert_eq!(d.stats().running, 0);
+    assert_eq!(d.stats().waiting, 2);
+    let batch = d.schedule().unwrap();
+    assert_eq!(batch.seqs.len(), 1);
+    assert_eq!(batch.seqs[0].tokens.len(), 7, "prompt and first token");
+    assert!(d.abort_all().contains(&ib));
+    assert_eq!(d.pool().num_active(), 0);
 }
