@@ -131,6 +131,12 @@ async fn reqwest_client_sees_openai_values() -> anyhow::Result<()> {
         .collect();
     assert_eq!(offs[0], 0);
     assert!(offs.windows(2).all(|w| w[0] <= w[1]), "{offs:?}");
+    // Offsets index the returned text: each at a character boundary, the last inside it.
+    let text = v["choices"][0]["text"].as_str().unwrap_or_default();
+    assert!(
+        offs.iter().all(|&o| text.is_char_boundary(o as usize)) && offs[n - 1] < text.len() as u64,
+        "{offs:?} in {text:?}"
+    );
     assert!(
         lp["top_logprobs"]
             .as_array()

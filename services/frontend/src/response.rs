@@ -83,17 +83,18 @@ fn chat_logprobs(model: &ServedModel, lps: &[TokenLogprob]) -> ChatLogprobs {
     }
 }
 
+/// `offsets[i]`: where token `i`'s text begins in the choice's text (see
+/// [`ChoiceState::token_offsets`]); `base` is added (the echoed prompt's length).
 fn completion_logprobs(
     model: &ServedModel,
     lps: &[TokenLogprob],
-    offset: u32,
+    offsets: &[u32],
+    base: u32,
 ) -> CompletionLogprobs {
     let mut out = CompletionLogprobs::default();
-    let mut pos = offset;
-    for lp in lps {
+    for (lp, off) in lps.iter().zip(offsets) {
         let tok = model.token_text(lp.token_id);
-        out.text_offset.push(pos);
-        pos += tok.len() as u32;
+        out.text_offset.push(base + off);
         out.tokens.push(tok);
         out.token_logprobs.push(Some(lp.logprob));
         out.top_logprobs.push(Some(
@@ -175,8 +176,8 @@ pub fn delta_chunk(plan: &Plan, h: &Header, st: &ChoiceState, d: &Delta) -> Opti
                 index: st.index,
                 text: d.text.clone(),
                 logprobs: lp.then(|| {
-                    let offset = (st.text().len() - d.text.len()) as u32;
-                    completion_logprobs(&plan.model, &d.logprobs, offset)
+                    let from = st.token_offsets.len() - d.token_ids.len();
+                    completion_logprobs(&plan.model, &d.logprobs, &st.token_offsets[from..], 0)
                 }),
                 finish_reason,
                 token_ids,
@@ -276,8 +277,9 @@ pub fn full_response(
                     };
                     CompletionChoice {
                         index: c.index,
-                        logprobs: lp
-                            .then(|| completion_logprobs(&plan.model, l, echo.len() as u32)),
+                        logprobs: lp.then(|| {
+                            completion_logprobs(&plan.model, l, &c.token_offsets, echo.len() as u32)
+                        }),
                         text: echo + c.text(),
                         finish_reason: c.finish_reason(),
                         token_ids: plan.return_token_ids.then(|| c.token_ids.clone()),
