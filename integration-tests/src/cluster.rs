@@ -226,6 +226,32 @@ impl Cluster {
             .await?)
     }
 
+    /// Streams `body` from the frontend's `path` and SIGKILLs the worker serving it once
+    /// `after` tokens have arrived. Returns the token ids of every event and whether
+    /// `[DONE]` came; an error event, or an end before the kill, is an error.
+    pub async fn stream_killing_its_worker(
+        &mut self,
+        path: &str,
+        body: &Value,
+        after: usize,
+    ) -> anyhow::Result<(Vec<u32>, bool)> {
+        let url = format!("{}{path}", self.url);
+        let mut s = SseStream::open(&self.client, &url, body).await?;
+        let mut ids = Vec::new();
+        let mut killed = false;
+        while let Some(e) = s.next_event().await? {
+            anyhow::ensure!(e.get("error").is_none(), "error event: {e}");
+            ids.extend(token_ids(&e["choices"][0]));
+            if !killed && ids.len() >= after {
+                let w = self.serving_worker().await?;
+                self.kill_worker(w);
+                killed = true;
+            }
+        }
+        anyhow::ensure!(killed, "the stream ended before its worker could be killed");
+        Ok((ids, s.done))
+    }
+
     /// Streams mocker request `i`; see [`stream_mock`].
     pub async fn stream_tokens(
         &self,

@@ -199,19 +199,10 @@ async fn embedding_rows_reproduce_text_prompts_through_the_cluster() -> anyhow::
         .iter()
         .flat_map(|e| token_ids(&e["choices"][0]))
         .collect();
-    let mut s = SseStream::open(&c.client, &url, &stream_body).await?;
-    let mut got = Vec::new();
-    let mut killed = false;
-    while let Some(e) = s.next_event().await? {
-        assert!(e.get("error").is_none(), "{e}");
-        got.extend(token_ids(&e["choices"][0]));
-        if !killed && got.len() >= 8 {
-            let w = c.serving_worker().await?;
-            c.kill_worker(w);
-            killed = true;
-        }
-    }
-    assert!(killed, "the stream ended before its worker could be killed");
+    let (got, done) = c
+        .stream_killing_its_worker("/v1/completions", &stream_body, 8)
+        .await?;
+    assert!(done, "no [DONE] after migration");
     assert_eq!(got, want, "the migrated request lost its rows");
     Ok(())
 }

@@ -47,20 +47,10 @@ async fn cpu_engine_migration_is_token_for_token_identical() -> anyhow::Result<(
     assert_eq!(reference.len(), N as usize);
 
     // The same request, its worker killed after 10 tokens.
-    let mut s = SseStream::open(&c.client, &url, &body("smollm2")).await?;
-    let mut ids = Vec::new();
-    let mut killed = false;
-    while let Some(e) = s.next_event().await? {
-        assert!(e.get("error").is_none(), "{e}");
-        ids.extend(token_ids(&e["choices"][0]));
-        if !killed && ids.len() >= 10 {
-            let w = c.serving_worker().await?;
-            c.kill_worker(w);
-            killed = true;
-        }
-    }
-    assert!(killed, "the stream ended before its worker could be killed");
-    assert!(s.done, "no [DONE] after migration");
+    let (ids, done) = c
+        .stream_killing_its_worker("/v1/completions", &body("smollm2"), 10)
+        .await?;
+    assert!(done, "no [DONE] after migration");
     assert_eq!(
         ids.len(),
         N as usize,
