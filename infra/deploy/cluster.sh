@@ -108,7 +108,10 @@ cmd_start() {
         --listen-peer-urls "http://127.0.0.1:$pport" --initial-advertise-peer-urls "http://127.0.0.1:$pport" \
         --initial-cluster "default=http://127.0.0.1:$pport" >"$DATA/etcd.log" 2>&1 </dev/null &
     ETCD_PID=$!
-    nohup "$(bin_path "$NATS_BIN")" -a 127.0.0.1 -p "$nport" >"$DATA/nats.log" 2>&1 </dev/null &
+    # 8 MB messages (NATS's default is 1 MB): requests with precomputed prompt embeddings
+    # carry their rows (Llama-8B: 16 KB a row); larger requests get a 413.
+    printf 'max_payload: %s\n' "${FERRITE_NATS_MAX_PAYLOAD:-8MB}" >"$DATA/nats.conf"
+    nohup "$(bin_path "$NATS_BIN")" -c "$DATA/nats.conf" -a 127.0.0.1 -p "$nport" >"$DATA/nats.log" 2>&1 </dev/null &
     NATS_PID=$!
     cat >"$STATE/state" <<STATE_EOF
 ETCD_PID=$ETCD_PID
