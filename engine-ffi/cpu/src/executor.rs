@@ -203,9 +203,13 @@ fn run(
                 block_table: table,
             });
             let xr = &mut x[row * h..(row + 1) * h];
-            match s.embeds.as_ref().and_then(|e| e.row(pos)) {
-                Some(r) if is_embed_token(*tok) => xr.copy_from_slice(r),
-                _ => w.embed.row_f32(*tok as usize, xr),
+            // Only embedding tokens look for a row (`validate` made sure they have one).
+            let given = is_embed_token(*tok)
+                .then(|| s.embeds.as_ref().and_then(|e| e.row(pos)))
+                .flatten();
+            match given {
+                Some(r) => xr.copy_from_slice(r),
+                None => w.embed.row_f32(*tok as usize, xr),
             }
             row += 1;
         }

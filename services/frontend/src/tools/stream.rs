@@ -48,43 +48,27 @@ pub struct ToolStream {
     started: Vec<Started>,
 }
 
-fn header(index: usize, s: &Started) -> ToolCallDelta {
+/// One delta of call `index`: `head` (id, name) on its first delta only, then `args`.
+fn delta(index: usize, head: Option<(&str, &str)>, args: &str) -> ToolCallDelta {
     ToolCallDelta {
         index: index as u32,
-        id: Some(s.id.clone()),
-        kind: Some("function".into()),
+        id: head.map(|(id, _)| id.to_string()),
+        kind: head.map(|_| "function".to_string()),
         function: FunctionCallDelta {
-            name: Some(s.name.clone()),
-            arguments: Some(String::new()),
-        },
-    }
-}
-
-fn fragment(index: usize, args: String) -> ToolCallDelta {
-    ToolCallDelta {
-        index: index as u32,
-        id: None,
-        kind: None,
-        function: FunctionCallDelta {
-            name: None,
-            arguments: Some(args),
+            name: head.map(|(_, name)| name.to_string()),
+            arguments: Some(args.to_string()),
         },
     }
 }
 
 /// Each call as one delta carrying the whole call, numbered from `first`.
-pub fn whole(first: usize, calls: &[ToolCall]) -> Vec<ToolCallDelta> {
+fn whole(first: usize, calls: &[ToolCall]) -> Vec<ToolCallDelta> {
     calls
         .iter()
         .enumerate()
-        .map(|(i, c)| ToolCallDelta {
-            index: (first + i) as u32,
-            id: Some(c.id.clone()),
-            kind: Some(c.kind.clone()),
-            function: FunctionCallDelta {
-                name: Some(c.function.name.clone()),
-                arguments: Some(c.function.arguments.clone()),
-            },
+        .map(|(i, c)| {
+            let head = Some((c.id.as_str(), c.function.name.as_str()));
+            delta(first + i, head, &c.function.arguments)
         })
         .collect()
 }
@@ -153,14 +137,15 @@ impl ToolStream {
                     name,
                     sent: 0,
                 });
-                out.push(header(i, &self.started[i]));
+                let s = &self.started[i];
+                out.push(delta(i, Some((&s.id, &s.name)), ""));
             }
             let Some(s) = self.started.get_mut(i) else {
                 break;
             };
             let args = progress::minify(&self.held[start..end.unwrap_or(self.held.len())]);
             if args.len() > s.sent {
-                out.push(fragment(i, args[s.sent..].to_string()));
+                out.push(delta(i, None, &args[s.sent..]));
                 s.sent = args.len();
             }
         }
